@@ -1,0 +1,37 @@
+"""Test-wide set-up: an isolated SeisBench cache, and the one way to find ``../shared``."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# SeisBench reads its cache root once, at import time: point it away from ~ before any import.
+os.environ.setdefault("SEISBENCH_CACHE_ROOT", tempfile.mkdtemp(prefix="sbfeq-cache-"))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("SEISBENCH_FEQ_SHARED", PROJECT_ROOT.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path below ``../shared``; skips the test (or fails it in CI) when it is absent."""
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        reason = (
+            f"real-data test needs {path}; ../shared is not beside this checkout "
+            "(set SEISBENCH_FEQ_SHARED to its location)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # CI always has ../shared: a skip there would hide a broken test
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared():
+    """The ``../shared`` folder (skip/fail as in :func:`shared_path`)."""
+    return shared_path()
