@@ -38,6 +38,9 @@ import torch.nn.functional as F
 from seisbench.models import EQTransformer, WaveformModel
 from seisbench.models.eqtransformer import SeqSelfAttention, SpatialDropout1d, Transformer
 
+from . import inference as _inference
+from .inference import DEFAULT_CHUNK_SECONDS, annotate_chunked_async, dispatch_forward
+
 __all__ = [
     "LEQNet",
     "FEQ1",
@@ -267,6 +270,15 @@ class LEQNet(WaveformModel):
     # 50 % overlap: every sample is seen away from a blinded edge, and picks near an edge get a
     # second opinion from the neighbouring window (overlap >= sum(blinding) avoids NaN holes).
     _annotate_args["overlap"] = (_annotate_args["overlap"][0], 3000)
+    _annotate_args["chunk_seconds"] = (
+        "Continuous segments are annotated in pieces of this many seconds, overlapping by whole "
+        "windows (bounded memory, same output); 0 annotates each segment at once",
+        DEFAULT_CHUNK_SECONDS,
+    )
+
+    #: Inference path in eval() without autograd: "fused" (default), "plain" (the modules as
+    #: written) or "onnxruntime"; all compute the same outputs (see seisbench_feq.inference).
+    inference_backend = "fused"
 
     _default_architecture = dict(res_kernels=(3, 3, 3, 2), rnn="lstm", rnn_blocks=2, pick_rnn="lstm")
 
@@ -346,6 +358,10 @@ class LEQNet(WaveformModel):
                 f"{self.name} expects input of shape (batch, {self.in_channels}, {self.in_samples}),"
                 f" got {tuple(x.shape)}"
             )
+        if not self.training and not torch.is_grad_enabled():
+            outputs = dispatch_forward(self, x, logits)
+            if outputs is not None:
+                return outputs
         x = self.encoder(x)
         x = self.res_stack(x)
         x = self.rnn_stack(x)
@@ -368,7 +384,15 @@ class LEQNet(WaveformModel):
         return normalize_windows(batch, self.norm)
 
     annotate_batch_post = _log_hook_errors(EQTransformer.annotate_batch_post)
+
+    async def annotate_async(self, stream: obspy.Stream, copy: bool = True, **kwargs) -> obspy.Stream:
+        # SeisBench's annotate, with long segments processed in overlapping pieces (chunk_seconds).
+        return await annotate_chunked_async(self, stream, copy=copy, **kwargs)
+
     classify_aggregate = EQTransformer.classify_aggregate
+    # SeisBench's trigger extraction, piece by piece (same picks, bounded memory on long traces).
+    picks_from_annotations = staticmethod(_inference.picks_from_annotations)
+    detections_from_annotations = staticmethod(_inference.detections_from_annotations)
 
     def annotate_stream_pre(self, stream: obspy.Stream, argdict: dict[str, Any]) -> obspy.Stream:
         sanitize_stream(stream, self.sampling_rate, self.in_samples, self.name)
@@ -465,7 +489,9 @@ def normalize_windows(batch: torch.Tensor, norm: str = "std", eps: float = 1e-10
         scale = batch.std(dim=-1, keepdim=True)
     else:
         scale = batch.abs().amax(dim=-1, keepdim=True)
-    return batch / (scale + eps)
+    if torch.is_grad_enabled() and batch.requires_grad:
+        return batch / (scale + eps)
+    return batch.div_(scale + eps)  # inference: same values, one pass and one allocation fewer
 
 
 def sanitize_stream(stream: obspy.Stream, sampling_rate: float, in_samples: int, model: str) -> None:

@@ -1,0 +1,381 @@
+"""Evaluation: metrics on constructed cases, the FLOP counter, STA/LTA and the CLI on real NCEDC traces."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_path
+
+from seisbench_feq import FEQ3, LEQNet
+from seisbench_feq.evaluation import (
+    ModelPicker,
+    StaLtaPicker,
+    count_outcomes,
+    detection_outcomes,
+    evaluate_models,
+    load_model_spec,
+    phase_outcomes,
+    picks_from_probabilities,
+    precision_recall_f1,
+    quality_bar,
+    residual_stats,
+    score_picks,
+    scores_for_json,
+    window_detections,
+    window_picks,
+)
+from seisbench_feq.flops import count_flops, flops_per_window
+
+
+@pytest.fixture(scope="module")
+def ncedc():
+    from seisbench_feq.data import load_ncedc
+
+    return load_ncedc(shared_path("data", "ncedc"))
+
+
+# --- metrics on constructed cases ---------------------------------------------------------------
+
+
+def test_precision_recall_f1_known_values():
+    p, r, f1 = precision_recall_f1(tp=8, fp=2, fn=4)
+    assert p == pytest.approx(0.8)
+    assert r == pytest.approx(8 / 12)
+    assert f1 == pytest.approx(2 * 0.8 * (8 / 12) / (0.8 + 8 / 12))
+    p, r, f1 = precision_recall_f1(0, 0, 5)  # no picks at all: precision undefined, F1 zero
+    assert math.isnan(p) and r == 0 and f1 == 0
+
+
+def test_phase_outcomes_tolerance_edge_and_counts():
+    tol = 0.5 * 100  # 0.5 s at 100 Hz
+    true = [1000, 1000, 1000, 1000, np.nan, np.nan, 2000]
+    pick = [1050, 950, 1051, np.nan, 300, np.nan, 1999.5]
+    out = phase_outcomes(pick, true, tol)
+    assert list(out) == ["tp", "tp", "wrong", "missed", "false", "tn", "tp"]
+    counts = count_outcomes(out)
+    # "wrong" is both a false positive and a false negative; "false" only FP; "missed" only FN
+    assert counts == {"tp": 3, "fp": 2, "fn": 2, "missed": 1, "wrong": 1}
+
+
+def test_detection_outcomes_overlap_rule():
+    p = [1000, 1000, 1000, 1000, np.nan, 1000]
+    s = [1500, 1500, 1500, 1500, np.nan, np.nan]
+    detections = [
+        [(1400, 1600)],  # overlaps the end of [P, S]
+        [(0, 999), (1501, 3000)],  # both just miss: FP + FN
+        [],  # nothing: FN
+        [(200, 300), (1500, 1500)],  # one touches S exactly: TP
+        [(10, 20)],  # noise window with a detection: FP
+        [(990, 1010)],  # no S: the event is [P, P]
+    ]
+    out = detection_outcomes(detections, p, s)
+    assert list(out) == ["tp", "wrong", "missed", "tp", "false", "tp"]
+
+
+def test_residual_stats_known_values():
+    r = [0.1, -0.1, 0.2, 0.0]
+    t = [10.0, 10.0, 20.0, 5.0]
+    stats = residual_stats(r, t)
+    assert stats["res_mean_s"] == pytest.approx(0.05)
+    assert stats["res_std_s"] == pytest.approx(np.std(r))
+    assert stats["mae_s"] == pytest.approx(0.1)
+    assert stats["mape_pct"] == pytest.approx(100 * np.mean([0.01, 0.01, 0.01, 0.0]))
+    assert all(math.isnan(v) for v in residual_stats([], []).values())
+    with pytest.raises(ValueError, match="arrival times"):
+        residual_stats([0.1], [0.0])
+
+
+def test_score_picks_constructed_table_row():
+    metadata = pd.DataFrame({"p_sample": [1000, 1000, 1000, np.nan], "s_sample": [1500, 1500, np.nan, np.nan]})
+    picks = pd.DataFrame(
+        {
+            "detections": [[(900, 1700)], [], [(995, 1005)], [(0, 50)]],
+            "P_sample": [1010, 1200, 980, np.nan],
+            "P_value": [0.9, 0.4, 0.8, np.nan],
+            "S_sample": [1450, np.nan, 1500, 300],
+            "S_value": [0.7, np.nan, 0.5, 0.4],
+        }
+    )
+    row = score_picks(picks, metadata, tolerance_s=0.5, sampling_rate=100)
+    assert (row["detection_tp"], row["detection_fp"], row["detection_fn"]) == (2, 1, 1)
+    assert (row["P_tp"], row["P_fp"], row["P_fn"], row["P_wrong"], row["P_missed"]) == (2, 1, 1, 1, 0)
+    assert row["P_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert row["P_res_mean_s"] == pytest.approx((0.10 - 0.20) / 2)
+    assert row["P_mae_s"] == pytest.approx(0.15)
+    assert row["P_mape_pct"] == pytest.approx(100 * np.mean([0.1 / 10, 0.2 / 10]))
+    # S: one TP (-0.5 s, on the edge), one missed, two false (window 3 has no S label, 4 is noise)
+    assert (row["S_tp"], row["S_fp"], row["S_fn"], row["S_missed"]) == (1, 2, 1, 1)
+    assert row["S_res_mean_s"] == pytest.approx(-0.5)
+    no_s = score_picks(picks, metadata, phases=("P",))
+    assert math.isnan(no_s["S_f1"]) and no_s["P_tp"] == 2
+
+
+def test_quality_bar_margins():
+    table = pd.DataFrame(
+        {"P_f1": [0.95, 0.91, 0.89, 0.9], "S_f1": [0.96, 0.92, 0.95, np.nan]},
+        index=["EqT original (converted)", "FEQ3 (default)", "LEQNet (default)", "STA/LTA"],
+    )
+    bar = quality_bar(table, "EqT original (converted)").set_index("model")
+    assert list(bar.index) == ["FEQ3 (default)", "LEQNet (default)"]  # STA/LTA has no S: not compared
+    assert bar.loc["FEQ3 (default)", "P_margin"] == pytest.approx(0.91 - 0.90)
+    assert bar.loc["FEQ3 (default)", "passes"]
+    assert bar.loc["LEQNet (default)", "P_margin"] == pytest.approx(-0.01)
+    assert not bar.loc["LEQNet (default)", "passes"]
+    with pytest.raises(KeyError, match="reference"):
+        quality_bar(table, "nope")
+
+
+# --- pick extraction through SeisBench's trigger rules ------------------------------------------
+
+
+def test_window_picks_best_first_and_detections():
+    t = np.arange(6000)
+    prob = 0.6 * np.exp(-0.5 * ((t - 1000) / 10) ** 2) + 0.9 * np.exp(-0.5 * ((t - 3000) / 10) ** 2)
+    picks = window_picks(prob, 0.3, "P")
+    assert [p[0] for p in picks] == [3000, 1000]
+    assert picks[0][1] == pytest.approx(0.9, abs=1e-3)
+    assert window_picks(prob, 0.95, "P") == []
+    det = np.zeros(6000)
+    det[1000:2001] = 0.8
+    (on, off), = window_detections(det, 0.5)
+    assert on == 1000 and off == 2000
+    table = picks_from_probabilities(np.stack([np.stack([det, prob, np.zeros(6000)])]))
+    assert table.loc[0, "P_sample"] == 3000 and math.isnan(table.loc[0, "S_sample"])
+    assert table.loc[0, "detections"] == [(1000, 2000)]
+
+
+@pytest.mark.timeout(120)
+def test_model_picker_uses_the_models_own_normalisation():
+    torch.manual_seed(0)
+    model = FEQ3()
+    x = np.random.default_rng(0).normal(size=(2, 3, 6000)).astype(np.float32)
+    picker = ModelPicker(model, progress=False)
+    a = picker.predict(x)
+    b = picker.predict(1000.0 * x + 5.0)  # scale and offset are removed by annotate_batch_pre
+    assert a.shape == (2, 3, 6000) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert model.training  # predict restores the train/eval state
+
+
+# --- FLOP counter ------------------------------------------------------------------------------
+
+
+def test_flop_counter_rnn_formulas():
+    lstm = torch.nn.LSTM(16, 16, bidirectional=True)
+    assert count_flops(lstm, torch.randn(47, 2, 16)).macs == 2 * 47 * 2 * 4 * 16 * (16 + 16)
+    gru = torch.nn.GRU(32, 16, num_layers=2)
+    assert count_flops(gru, torch.randn(47, 1, 32)).macs == 47 * (3 * 16 * (32 + 16) + 3 * 16 * (16 + 16))
+    conv = torch.nn.Conv1d(8, 8, 5, groups=8, padding=2)  # depthwise: output elements x kernel
+    assert count_flops(conv, torch.randn(1, 8, 100)).macs == 8 * 100 * 5
+
+
+def test_flop_counter_agrees_with_torch_on_convolutions_and_products():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = LEQNet()
+    x = torch.randn(1, 3, 6000)
+    with torch.no_grad():
+        encoded = model.res_stack(model.encoder(x))
+    parts = ((model.encoder, x), (model.decoders[0], torch.randn(1, 16, 56)), (model.transformer_d0, encoded[:, :16]))
+    for part, inp in parts:
+        with FlopCounterMode(display=False) as reference, torch.no_grad():
+            part(inp)
+        assert count_flops(part, inp).flops == reference.get_total_flops()
+
+
+@pytest.mark.timeout(120)
+def test_flops_per_window_match_the_spec():
+    import seisbench.models as sbm
+
+    # model_spec.md: LEQNet ~ 25 MFLOP, EQTransformer ~ 257 MFLOP per window (2 FLOPs per MAC)
+    leqnet = LEQNet()
+    backend = getattr(leqnet, "inference_backend", None)
+    assert flops_per_window(leqnet) / 1e6 == pytest.approx(25, rel=0.05)
+    assert getattr(leqnet, "inference_backend", None) == backend  # the architecture count switches back
+    assert flops_per_window(sbm.EQTransformer(lstm_blocks=2)) / 1e6 == pytest.approx(257, rel=0.02)
+    assert flops_per_window(FEQ3()) < flops_per_window(LEQNet()) * 1.1
+
+
+# --- real NCEDC traces --------------------------------------------------------------------------
+
+
+def test_stalta_finds_p_arrivals_on_real_traces(ncedc):
+    waveforms, metadata = ncedc
+    waveforms, metadata = waveforms[:40], metadata.iloc[:40].reset_index(drop=True)
+    picks = StaLtaPicker().pick_windows(waveforms)
+    row = score_picks(picks, metadata, phases=("P",))
+    assert row["P_tp"] >= 20, row  # a working STA/LTA finds most of these clear arrivals
+    assert abs(row["P_res_mean_s"]) < 0.3
+    assert picks["S_sample"].isna().all()  # STA/LTA gives no S
+
+
+@pytest.mark.timeout(180)
+def test_evaluate_models_on_real_traces_and_scores_for_json(ncedc):
+    waveforms, metadata = ncedc
+    waveforms, metadata = waveforms[:6], metadata.iloc[:6]
+    torch.manual_seed(0)
+    table = evaluate_models(
+        {"FEQ3 random": FEQ3(), "STA/LTA": StaLtaPicker()},
+        waveforms,
+        metadata,
+        timing_repeats=1,
+        timing_batch=8,
+        progress=False,
+    )
+    assert list(table.index) == ["FEQ3 random", "STA/LTA"]
+    feq3 = table.loc["FEQ3 random"]
+    assert feq3["keras_params"] == 32080 and feq3["n_windows"] == 6
+    assert 20 < feq3["mflops_per_window"] < 30 and feq3["ms_per_window"] > 0 and feq3["weights_kb"] > 100
+    assert feq3["P_tp"] + feq3["P_fn"] == 6  # every window has a P label
+    assert math.isnan(table.loc["STA/LTA", "S_f1"]) and math.isnan(table.loc["STA/LTA", "keras_params"])
+    scores = scores_for_json(feq3)
+    text = json.dumps(scores)  # plain JSON: no NaN, no numpy types
+    assert "NaN" not in text
+    assert scores["P"]["tp"] == feq3["P_tp"] and scores["cost"]["keras_params"] == 32080
+    assert scores["thresholds"] == {"detection": 0.5, "P": 0.3, "S": 0.3} and scores["tolerance_s"] == 0.5
+
+
+def test_bad_input_is_named(ncedc):
+    waveforms, metadata = ncedc
+    w = waveforms[:3].copy()
+    w[1, 0, 10] = np.nan
+    with pytest.raises(ValueError, match=metadata.loc[1, "trace_name"]):
+        evaluate_models({"STA/LTA": StaLtaPicker()}, w, metadata.iloc[:3], costs=False, progress=False)
+    with pytest.raises(ValueError, match="3 waveforms but 2 metadata rows"):
+        evaluate_models({"STA/LTA": StaLtaPicker()}, waveforms[:3], metadata.iloc[:2], costs=False)
+    with pytest.raises(KeyError, match="s_sample"):
+        evaluate_models({"x": StaLtaPicker()}, waveforms[:3], metadata.iloc[:3].drop(columns="s_sample"))
+    with pytest.raises(TypeError, match="cannot evaluate"):
+        evaluate_models({"x": object()}, waveforms[:3], metadata.iloc[:3], costs=False)
+
+
+def test_load_model_spec_weights_pairs(tmp_path):
+    FEQ3().save(tmp_path / "student")
+    for spec in (str(tmp_path / "student"), str(tmp_path / "student.pt"), f"feq3:{tmp_path / 'student'}"):
+        label, model = load_model_spec(spec)
+        assert type(model) is FEQ3 and "student" in label
+    label, model = load_model_spec(f"leqnet:{tmp_path / 'student'}")  # explicit class wins
+    assert type(model) is LEQNet and model.rnn_blocks == 1
+    label, picker = load_model_spec("stalta")
+    assert isinstance(picker, StaLtaPicker) and label == "STA/LTA"
+    with pytest.raises(FileNotFoundError, match="not a known model name"):
+        load_model_spec(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="eqt-original:PATH.h5"):
+        load_model_spec("eqt-original")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model_spec(f"eqt-original:{tmp_path / 'none.h5'}")
+
+
+@pytest.mark.timeout(240)
+def test_cli_writes_markdown_and_plots(tmp_path, capsys):
+    from seisbench_feq.cli import main
+
+    ncedc_dir = shared_path("data", "ncedc")
+    FEQ3().save(tmp_path / "feq3_random")
+    out = tmp_path / "report"
+    rc = main(
+        [
+            "evaluate", str(tmp_path / "feq3_random"), "stalta", "--data", str(ncedc_dir), "--limit", "12",
+            "--split", "all", "test", "--out", str(out), "--timing-repeats", "1", "--timing-batch", "8", "--quiet",
+        ]
+    )
+    assert rc == 0
+    report = (out / "evaluation.md").read_text()
+    assert "## Split `all`: 12 windows" in report and "## Split `test`" in report
+    assert "| FEQ3 (feq3_random) |" in report and "| STA/LTA |" in report
+    assert "32,080" in report  # Keras parameter count of FEQ3 in the cost table
+    assert "seisbench-feq evaluate" in report and "--limit 12" in report
+    for name in ("scores_all.png", "residuals_all.png", "scores_test.png", "residuals_test.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    scores = pd.read_csv(out / "scores_all.csv", index_col="model")
+    assert scores.loc["STA/LTA", "n_windows"] == 12
+    windows = pd.read_csv(out / "window_picks.csv")
+    assert len(windows) == 2 * 12 and set(windows["split"]) <= {"train", "test"}
+    assert "| STA/LTA |" in capsys.readouterr().out
+
+
+def test_seisbench_dataset_windows(tmp_path):
+    """A SeisBench-format dataset (written here from three real NCEDC traces) gives the same windows."""
+    import seisbench.data as sbd
+
+    from seisbench_feq.data import read_ncedc_npz
+    from seisbench_feq.evaluation import _p_offset, load_labelled_windows
+
+    ncedc_dir = shared_path("data", "ncedc")
+    names = sorted(p.name for p in ncedc_dir.glob("*.npz"))[:3]
+    records = {}
+    with sbd.WaveformDataWriter(tmp_path / "metadata.csv", tmp_path / "waveforms.hdf5") as writer:
+        writer.data_format = {"dimension_order": "CW", "component_order": "ZNE", "sampling_rate": 100}
+        for name in names:
+            rec = read_ncedc_npz(ncedc_dir / name)
+            zne = rec["data"][:, [2, 1, 0]].T.astype(np.float32)
+            records[name[:-4]] = (zne, rec)
+            net, sta = name.split("_")[:2]
+            writer.add_trace(
+                {
+                    "trace_name": name[:-4],
+                    "station_network_code": net,
+                    "station_code": sta,
+                    "trace_sampling_rate_hz": 100,
+                    "trace_p_arrival_sample": rec["itp"],
+                    "trace_s_arrival_sample": rec["its"],
+                },
+                zne,
+            )
+    waveforms, metadata = load_labelled_windows(tmp_path)
+    assert waveforms.shape == (3, 3, 6000) and len(metadata) == 3
+    for i, row in metadata.iterrows():
+        zne, rec = records[row["trace_name"]]
+        offset = _p_offset(row["trace_name"], 6000)
+        assert row["p_sample"] == offset and 500 <= offset < 2500
+        assert row["s_sample"] == rec["its"] - rec["itp"] + offset
+        start = rec["itp"] - offset
+        np.testing.assert_allclose(waveforms[i], zne[:, start : start + 6000], rtol=1e-6)
+    table = evaluate_models({"STA/LTA": StaLtaPicker()}, waveforms, metadata, costs=False, progress=False)
+    assert table.loc["STA/LTA", "n_P"] == 3
+
+
+def test_picks_are_reused_only_for_identical_inputs(tmp_path, ncedc):
+    """An interrupted or repeated run reuses stored picks; other settings or windows recompute."""
+    from dataclasses import dataclass
+
+    from seisbench_feq.evaluation import _evaluate
+
+    @dataclass
+    class CountingStaLta(StaLtaPicker):
+        calls = []
+
+        def pick_windows(self, waveforms):
+            self.calls.append(len(waveforms))
+            return super().pick_windows(waveforms)
+
+    waveforms, metadata = ncedc
+    kwargs = dict(
+        thresholds=None, tolerance_s=0.5, batch_size=64, costs=False, timing_repeats=1, progress=False,
+        cache_dir=tmp_path / "cache",
+    )
+    first, _, _ = _evaluate({"sta": CountingStaLta()}, waveforms[:5], metadata.iloc[:5], **kwargs)
+    again, _, _ = _evaluate({"sta": CountingStaLta()}, waveforms[:5], metadata.iloc[:5], **kwargs)
+    assert CountingStaLta.calls == [5]  # second run read the stored picks
+    pd.testing.assert_frame_equal(first, again)
+    _evaluate({"sta": CountingStaLta(trigger_on=5.0)}, waveforms[:5], metadata.iloc[:5], **kwargs)
+    _evaluate({"sta": CountingStaLta()}, waveforms[:4], metadata.iloc[:4], **kwargs)
+    assert CountingStaLta.calls == [5, 5, 4]
+    (tmp_path / "cache" / "sta.pkl").write_bytes(b"truncated")  # an interrupted write: recompute
+    _evaluate({"sta": CountingStaLta()}, waveforms[:4], metadata.iloc[:4], **kwargs)
+    assert CountingStaLta.calls == [5, 5, 4, 4]
+
+
+def test_evaluate_on_ncedc_scores_only_the_held_out_stations(ncedc):
+    from seisbench_feq.data import split_by_station
+    from seisbench_feq.evaluation import evaluate_on_ncedc
+
+    _, metadata = ncedc
+    held_out = split_by_station(metadata) == "test"
+    table = evaluate_on_ncedc({"STA/LTA": StaLtaPicker()}, shared_path("data", "ncedc"), costs=False, progress=False)
+    assert table.loc["STA/LTA", "n_windows"] == held_out.sum() < len(metadata)
+    with pytest.raises(ValueError, match="split"):
+        evaluate_on_ncedc({}, shared_path("data", "ncedc"), split="dev")

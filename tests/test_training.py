@@ -1,0 +1,331 @@
+"""Training: STEAD offline conversion, the augmentation pipeline, the loss, and tiny CLI runs.
+
+The STEAD fixture is written in STEAD's original layout (merged.csv + merged.hdf5 with (6000, 3)
+E, N, Z datasets and attributes) from real NCEDC windows (earthquakes) and real pre-P noise.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_path
+
+from seisbench_feq.data import load_ncedc, load_ncedc_noise, split_by_station
+
+pytestmark = pytest.mark.timeout(120)
+
+STEAD_COLUMNS = [
+    "network_code", "receiver_code", "receiver_type", "receiver_latitude", "receiver_longitude",
+    "receiver_elevation_m", "p_arrival_sample", "p_status", "p_weight", "p_travel_sec",
+    "s_arrival_sample", "s_status", "s_weight", "source_id", "source_origin_time",
+    "source_origin_uncertainty_sec", "source_latitude", "source_longitude", "source_error_sec",
+    "source_gap_deg", "source_horizontal_uncertainty_km", "source_depth_km",
+    "source_depth_uncertainty_km", "source_magnitude", "source_magnitude_type",
+    "source_magnitude_author", "source_mechanism_strike_dip_rake", "source_distance_deg",
+    "source_distance_km", "back_azimuth_deg", "snr_db", "coda_end_sample", "trace_start_time",
+    "trace_category", "trace_name",
+]  # fmt: skip
+
+
+def write_stead_fixture(folder, n_events=8, n_noise=4):
+    """merged.csv + merged.hdf5 as STEAD ships them, from real NCEDC data."""
+    root = shared_path("data", "ncedc")
+    waveforms, meta = load_ncedc(root)
+    noise, noise_meta = load_ncedc_noise(root, pad_to=6000)
+    rows, arrays = [], {}
+    for i in range(n_events):
+        m = meta.iloc[i]
+        net, sta = m["station"].split(".")
+        name = f"{sta}.{net}_2020010100000{i}_EV"
+        row = dict.fromkeys(STEAD_COLUMNS, None)
+        row.update(
+            network_code=net, receiver_code=sta, receiver_type=m["channels"][:2], receiver_latitude=37.0,
+            receiver_longitude=-122.0, receiver_elevation_m=100.0, p_arrival_sample=float(m["p_sample"]),
+            p_status="manual", p_weight=0.5, p_travel_sec=5.0, s_arrival_sample=float(m["s_sample"]),
+            s_status="manual", s_weight=0.5, source_id=str(1000 + i), source_magnitude=2.0,
+            source_magnitude_type="md", source_distance_km=30.0, snr_db="[20. 20. 20.]",
+            coda_end_sample=f"[[{m['s_sample'] + 500:.1f}]]", trace_start_time="2020-01-01 00:00:00",
+            trace_category="earthquake_local", trace_name=name,
+        )  # fmt: skip
+        rows.append(row)
+        arrays[name] = waveforms[i][::-1].T  # STEAD stores (6000, 3) in E, N, Z columns
+    for i in range(n_noise):
+        m = noise_meta.iloc[i]
+        net, sta = m["station"].split(".")
+        name = f"{sta}.{net}_2020010200000{i}_NO"
+        row = dict.fromkeys(STEAD_COLUMNS, None)
+        row.update(
+            network_code=net, receiver_code=sta, receiver_type=m["channels"][:2],
+            trace_start_time="2020-01-02 00:00:00", trace_category="noise", trace_name=name,
+        )  # fmt: skip
+        rows.append(row)
+        arrays[name] = noise[i][::-1].T
+    frame = pd.DataFrame(rows, columns=STEAD_COLUMNS)
+    frame.to_csv(folder / "merged.csv", index=False)
+    with h5py.File(folder / "merged.hdf5", "w") as f:
+        group = f.create_group("data")
+        for row in rows:
+            dset = group.create_dataset(row["trace_name"], data=arrays[row["trace_name"]].astype(np.float32))
+            for key, value in row.items():
+                if value is not None:
+                    dset.attrs[key] = value
+    return frame, arrays
+
+
+def original_name(row):
+    """STEAD's trace name: SeisBench's writer renames bucketed traces and keeps the original."""
+    original = row.get("trace_name_original")
+    return original if isinstance(original, str) else row["trace_name"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A fresh SeisBench dataset cache per test (STEAD is converted into it)."""
+    import seisbench
+
+    cache = tmp_path / "sbcache"
+    monkeypatch.setattr(seisbench, "cache_root", cache)
+    monkeypatch.setattr(seisbench, "cache_data_root", cache / "datasets")
+    return cache
+
+
+@pytest.fixture
+def stead_source(tmp_path):
+    folder = tmp_path / "stead_source"
+    folder.mkdir()
+    frame, arrays = write_stead_fixture(folder)
+    return folder, frame, arrays
+
+
+def test_stead_converts_offline_from_original_layout(stead_source, isolated_cache):
+    from seisbench_feq.training import ensure_stead
+
+    folder, frame, arrays = stead_source
+    dataset = ensure_stead(folder)
+    assert len(dataset) == len(frame)
+    assert (isolated_cache / "datasets" / "stead" / "metadata.csv").is_file()
+    assert set(dataset.metadata["split"]) <= {"train", "dev", "test"}
+    for i in (0, len(frame) - 1):
+        name = original_name(dataset.metadata.iloc[i])
+        waveform, meta = dataset.get_sample(i)
+        raw = arrays[name]
+        np.testing.assert_allclose(waveform[0], raw[:, 2], rtol=1e-6)  # Z row <- STEAD column 2
+        np.testing.assert_allclose(waveform[2], raw[:, 0], rtol=1e-6)  # E row <- STEAD column 0
+        source_row = frame.set_index("trace_name").loc[name]
+        if source_row["trace_category"] == "noise":
+            assert np.isnan(meta["trace_p_arrival_sample"])
+        else:
+            assert meta["trace_p_arrival_sample"] == source_row["p_arrival_sample"]
+    # a user-supplied EqT test list decides the test split
+    test_npy = folder / "test.npy"
+    chosen = frame["trace_name"].iloc[[1, 9]].to_numpy(dtype="U")
+    np.save(test_npy, chosen)
+    import shutil
+
+    shutil.rmtree(isolated_cache / "datasets" / "stead")
+    dataset = ensure_stead(folder, test_npy=test_npy)
+    test_rows = dataset.metadata[dataset.metadata["split"] == "test"]
+    assert {original_name(row) for _, row in test_rows.iterrows()} == set(chosen)
+
+
+def test_stead_missing_files_named(tmp_path, isolated_cache):
+    from seisbench_feq.training import ensure_stead
+
+    with pytest.raises(FileNotFoundError, match="merged.csv"):
+        ensure_stead(tmp_path)
+
+
+def test_pipeline_labels_and_augmentations(stead_source, isolated_cache):
+    import seisbench.generate as sbg
+
+    from seisbench_feq.training import augmentation_pipeline, ensure_stead, phase_columns
+
+    folder, frame, _ = stead_source
+    dataset = ensure_stead(folder)
+    phase_dict = phase_columns(dataset.metadata.columns)
+    assert set(phase_dict.values()) == {"P", "S"}
+
+    # evaluation pipeline: no shift, labels where the analyst put them
+    gen = sbg.GenericGenerator(dataset)
+    gen.add_augmentations(augmentation_pipeline(6000, phase_dict, train=False))
+    for i in range(len(dataset)):
+        sample = gen[i]
+        assert sample["X"].shape == (3, 6000) and sample["X"].dtype == np.float32
+        assert sample["y"].shape == (3, 6000) and sample["y"].dtype == np.float32
+        meta = dataset.metadata.iloc[i]
+        det, p, s = sample["y"]
+        if meta["trace_category"] == "noise":
+            assert not sample["y"].any()
+            continue
+        p_at, s_at = int(meta["trace_p_arrival_sample"]), int(meta["trace_s_arrival_sample"])
+        assert abs(int(np.argmax(p)) - p_at) <= 1 and p.max() > 0.99
+        assert abs(int(np.argmax(s)) - s_at) <= 1
+        assert p[p_at + 10] == pytest.approx(np.exp(-0.5), rel=0.05)  # Gaussian, sigma 10 samples
+        end = int(s_at + 1.4 * (s_at - p_at))
+        assert det[p_at + 1 : end - 1].min() == 1 and det[: p_at - 1].max() == 0 and det[end + 1 :].max() == 0
+        np.testing.assert_allclose(sample["X"].mean(axis=-1), 0, atol=1e-2 * np.abs(sample["X"]).max())
+
+    # training pipeline: shapes hold, labels stay in [0, 1], windows move, augmentations act
+    np.random.seed(0)
+    gen = sbg.GenericGenerator(dataset)
+    gen.add_augmentations(augmentation_pipeline(6000, phase_dict, train=True))
+    p_positions, zero_rows = set(), 0
+    for _ in range(6):
+        for i in np.flatnonzero(dataset.metadata["trace_category"] != "noise"):
+            sample = gen[int(i)]
+            assert sample["X"].shape == (3, 6000) and sample["y"].shape == (3, 6000)
+            assert np.isfinite(sample["X"]).all()
+            assert sample["y"].min() >= 0 and sample["y"].max() <= 1
+            if sample["y"][1].max() > 0.9:
+                p_positions.add(int(np.argmax(sample["y"][1])))
+            zero_rows += int((~sample["X"].any(axis=-1)).sum())
+    assert len(p_positions) > 10  # window shift
+    assert zero_rows > 0  # channel drop (and the vertical-only traces)
+
+
+def test_targets_combine_teacher_and_analyst():
+    from seisbench_feq.training import CombineTargets, SecondEvent
+
+    analyst = np.zeros((3, 100), dtype=np.float32)
+    analyst[1, 50] = 1.0
+    analyst[:, 90:] = np.nan  # unknown
+    teacher = np.full((3, 100), 0.2, dtype=np.float32)
+    teacher[:, :10] = np.nan  # teacher blinded
+    state = {"analyst": (analyst, None), "teacher": (teacher, None)}
+    CombineTargets(analyst_weight=0.25)(state)
+    y = state["y"][0]
+    assert y[1, 50] == pytest.approx(0.25 * 1 + 0.75 * 0.2)
+    assert y[0, 5] == 0  # analyst only
+    assert y[0, 95] == pytest.approx(0.2)  # teacher only
+    state = {"analyst": (np.full((3, 10), np.nan, dtype=np.float32), None)}
+    CombineTargets()(state)
+    assert np.isnan(state["y"][0]).all()  # neither known: masked in the loss
+
+    x = np.zeros((3, 1000), dtype=np.float32)
+    x[:, 100] = 1.0
+    y = np.zeros((3, 1000), dtype=np.float32)
+    y[1, 100] = 1.0
+    state = {"X": (x, {}), "y": (y, None)}
+    np.random.seed(1)
+    SecondEvent()(state)
+    x2, y2 = state["X"][0], state["y"][0]
+    assert (x2[0] > 0).sum() == 2 and 0.1 <= np.sort(x2[0])[-2] <= 1.0  # a weaker copy
+    assert (y2[1] == 1).sum() == 2
+
+
+def test_loss_sees_model_normalisation_and_masks_nan():
+    from seisbench_feq import FEQ3
+    from seisbench_feq.training import masked_bce, picker_loss
+
+    torch.manual_seed(0)
+    model = FEQ3().eval()
+    x = torch.randn(2, 3, 6000)
+    y = torch.rand(2, 3, 6000)
+    loss, parts = picker_loss(model, x, y)
+    loss_scaled, _ = picker_loss(model, 1000 * x + 50, y)  # counts scale and offset do not matter
+    assert torch.isfinite(loss) and len(parts) == 3
+    assert loss_scaled.item() == pytest.approx(loss.item(), rel=1e-4)
+
+    pred = torch.zeros(1, 4)
+    target = torch.tensor([[1.0, float("nan"), 0.0, float("nan")]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(pred[:, [0, 2]], target[:, [0, 2]])
+    assert masked_bce(pred, target).item() == pytest.approx(expected.item())
+    # pos_weight scales each known sample by 1 + w * target (picks weigh more, NaN still masked)
+    soft = torch.tensor([[0.5, float("nan"), 0.0, 1.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(pred, torch.nan_to_num(soft), reduction="none")
+    weighted = (bce * torch.tensor([[1 + 10 * 0.5, 0, 1, 1 + 10]])).sum() / 3
+    assert masked_bce(pred, soft, pos_weight=10).item() == pytest.approx(weighted.item())
+
+
+def test_cli_train_on_stead_fixture(stead_source, isolated_cache, tmp_path):
+    from seisbench_feq import FEQ3
+    from seisbench_feq.cli import main
+
+    folder, _, _ = stead_source
+    out, weights = tmp_path / "run", tmp_path / "weights"
+    argv = [
+        "train", "--model", "feq3", "--dataset", "stead", "--stead-basepath", str(folder),
+        "--out", str(out), "--batch-size", "2", "--steps-per-epoch", "1", "--max-steps", "2",
+        "--save-weights", str(weights),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    metrics = pd.concat(pd.read_csv(p) for p in out.glob("logs/version_*/metrics.csv"))
+    assert np.isfinite(metrics["train_loss_epoch"].dropna()).all() and metrics["val_loss"].notna().any()
+    info = json.loads((weights / "default.json.v1").read_text())
+    assert info["version"] == "1" and info["seisbench_requirement"] == "0.10.0"
+    assert info["training"]["command"].startswith("seisbench-feq train --model feq3 --dataset stead")
+    assert info["training"]["steps"] == 2 and info["training"]["git"]
+    model = FEQ3.load(weights / "default", version_str="1")
+    assert model.in_samples == 6000
+    trained = torch.load(weights / "default.pt.v1")
+    assert any(not torch.equal(trained[k], v) for k, v in FEQ3().state_dict().items() if v.is_floating_point())
+
+
+def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch):
+    """Distillation on real CX data + NCEDC with a random teacher: held-out stations are never read."""
+    import obspy
+
+    import seisbench_feq.data as data
+    from seisbench_feq.cli import main
+
+    cx = tmp_path / "cx"
+    cx.mkdir()
+    stream = obspy.read(str(shared_path("data", "cx_continuous", "CX_20140401", "CX.PB01..HH.mseed")))
+    t0 = stream[0].stats.starttime + 600
+    stream.trim(t0, t0 + 180).write(str(cx / "CX.PB01.mseed"), format="MSEED")
+
+    ncedc_root = shared_path("data", "ncedc")
+    subset = pd.read_csv(ncedc_root / "waveform.csv").iloc[:24]
+    ncedc = tmp_path / "ncedc"
+    ncedc.mkdir()
+    subset.to_csv(ncedc / "waveform.csv", index=False)
+    for name in subset["fname"]:
+        (ncedc / name).symlink_to(ncedc_root / name)
+    stations = subset["fname"].str.split("_").str[:2].str.join(".")
+    test_stations = set(stations[split_by_station(pd.DataFrame({"station": stations})) == "test"])
+    assert test_stations
+
+    opened = []
+    original = data.read_ncedc_npz
+    monkeypatch.setattr(data, "read_ncedc_npz", lambda p: opened.append(p.name) or original(p))
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    argv = [
+        "train", "--model", "leqnet", "--distill", "--teacher", "random-eqtransformer",
+        "--cx-root", str(cx), "--ncedc-root", str(ncedc), "--cache-dir", str(cache), "--out", str(out),
+        "--batch-size", "2", "--steps-per-epoch", "1", "--max-steps", "1", "--save-weights", str(tmp_path / "w"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    opened_stations = {".".join(n.split("_")[:2]) for n in opened}
+    assert opened and opened_stations.isdisjoint(test_stations)
+    info = json.loads((tmp_path / "w" / "default.json.v1").read_text())
+    assert set(info["data"]["ncedc_test_stations_held_out"]) == test_stations
+    assert set(info["data"]["ncedc_train_stations"]).isdisjoint(test_stations)
+    assert info["data"]["cx_stations"] == ["CX.PB01"]
+    cached = sorted(cache.rglob("*.npy"))
+    assert cached
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    # a second run reuses the teacher cache instead of recomputing
+    assert main(argv[:-2] + ["--out", str(tmp_path / "run2")]) == 0
+    assert [p.stat().st_mtime_ns for p in sorted(cache.rglob("*.npy"))] == stamps
+
+
+def test_warm_start_copies_matching_tensors(tmp_path):
+    """FEQ2 starts from FEQ3 weights: all but the BiLSTM -> BiGRU stack are copied."""
+    from seisbench_feq import FEQ2, FEQ3
+    from seisbench_feq.training import warm_start
+
+    torch.manual_seed(0)
+    source = FEQ3()
+    source.save(tmp_path / "feq3", version_str="1")
+    student = FEQ2()
+    info = warm_start(student, str(tmp_path / "feq3"))
+    assert info["tensors_random"] and all(k.startswith("rnn_stack.blocks.0.rnn.") for k in info["tensors_random"])
+    src, dst = source.state_dict(), student.state_dict()
+    assert torch.equal(dst["decoders.1.head.weight"], src["decoders.1.head.weight"])
+    assert torch.equal(dst["pick_rnns.0.weight_ih_l0"], src["pick_rnns.0.weight_ih_l0"])  # both GRU
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        warm_start(student, str(tmp_path / "nothing_here"))
