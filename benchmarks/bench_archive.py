@@ -109,8 +109,12 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=12, help="hours from %s (max 12)" % START)
     parser.add_argument("--chunk", default="1d", help="work-unit length (default 1d)")
     parser.add_argument("--classify-span", default="1h", help="span per classify call (1h)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads for the in-process runs (default: all cores)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the in-process runs (default 1: on a shared "
+                             "machine more threads wait on each other)")
+    parser.add_argument("--worker-threads", type=int, default=1,
+                        help="torch threads per Dask worker (default 1, so that 1 -> 2 workers "
+                             "measures scale-out; 0: pick_archive's default, cores // workers)")
     parser.add_argument("--skip-workers", action="store_true", help="no Dask runs")
     parser.add_argument("--unbounded", action="store_true",
                         help="also run EQTransformer with one classify call per unit "
@@ -138,9 +142,9 @@ def main() -> None:
         configs.append(("EQTransformer, 1 classify/unit",
                         dict(eqt, classify_span=args.chunk, workers=0, torch_threads=args.threads)))
     if not args.skip_workers:
-        # default torch threads per worker: cores // workers
-        configs += [("FEQ3, Dask 1 worker", dict(feq3, workers=1, torch_threads=None)),
-                    ("FEQ3, Dask 2 workers", dict(feq3, workers=2, torch_threads=None))]
+        threads = args.worker_threads or None
+        configs += [("FEQ3, Dask 1 worker", dict(feq3, workers=1, torch_threads=threads)),
+                    ("FEQ3, Dask 2 workers", dict(feq3, workers=2, torch_threads=threads))]
     # Rounds run every configuration once, interleaved, so that a burst of load from other users
     # hits all of them; each configuration is reported by its fastest round.
     runs = {name: [] for name, _ in configs}
@@ -157,8 +161,9 @@ def main() -> None:
 
     print(f"\nArchive picking benchmark: {SDS}, {args.hours:g} h x 2 stations, chunk {args.chunk}, "
           f"classify span {args.classify_span}; {os.cpu_count()} CPU cores, torch "
-          f"{__import__('torch').__version__}; best of {args.repeat} round(s), peak RSS the "
-          "largest; shared machine, timings are noisy")
+          f"{__import__('torch').__version__}, {args.threads} torch thread(s) in-process, "
+          f"{args.worker_threads or 'cores // workers'} per Dask worker; best of {args.repeat} "
+          "round(s), peak RSS the largest; shared machine, timings are noisy")
     print(f"{'configuration':30s} {'weights':22s} {'wall s':>7s} {'st-h/s':>7s} {'picks':>6s} "
           f"{'driver MB':>9s} {'worker MB':>9s}  all rounds (s)")
     for r in results:

@@ -21,7 +21,9 @@ the increase over the child's RSS right before ``classify`` (imports, model, str
 ``--stations 1 4 16`` measures throughput of one ``classify`` call over N stations (copies of
 the real data with distinct station codes, ``--station-hours`` each).
 
-Weights: random (seeded) for all models: the time of a forward pass does not depend on them.
+Weights: random (seeded) for the timing (the time of a forward pass does not depend on them); the
+RSS run gives the light models their shipped default weights (``--rss-weights``): how much
+the pick extraction allocates depends on the outputs.
 
     /work/venv/bin/python benchmarks/bench_classify.py --hours 24 --repeats 3 --profile --rss
     /work/venv/bin/python benchmarks/bench_classify.py --hours 1 --repeats 1     # quick check
@@ -64,7 +66,9 @@ def station_day(hours: float = 24.0, station: str = "PB01"):
     return stream
 
 
-def build_model(name: str, backend: str = "fused"):
+def build_model(name: str, backend: str = "fused", weights: str = "random"):
+    """Seeded random weights, or ``weights="shipped"``: seisbench_feq's shipped default weights
+    where they exist (the outputs, hence the pick-extraction work, depend on the weights)."""
     import torch
 
     torch.manual_seed(0)
@@ -75,8 +79,18 @@ def build_model(name: str, backend: str = "fused"):
     import seisbench_feq
     from seisbench_feq.inference import set_inference_backend
 
-    model = seisbench_feq.MODELS[name]().eval()
+    cls = seisbench_feq.MODELS[name]
+    shipped = weights == "shipped" and "default" in cls.list_pretrained()
+    model = (cls.from_pretrained("default") if shipped else cls()).eval()
     return set_inference_backend(model, backend)
+
+
+def weights_label(name: str, weights: str) -> str:
+    if name == "eqtransformer" or weights != "shipped":
+        return "random"
+    import seisbench_feq
+
+    return "shipped default" if "default" in seisbench_feq.MODELS[name].list_pretrained() else "random"
 
 
 def model_label(name: str, backend: str) -> str:
@@ -133,7 +147,7 @@ def rss_child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads[0])
-    model = build_model(args.child_model, args.backend)
+    model = build_model(args.child_model, args.backend, args.rss_weights)
     stream = station_day(args.hours)
     model.classify(stream.slice(stream[0].stats.starttime, stream[0].stats.starttime + 120))  # warm-up
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
@@ -157,6 +171,7 @@ def measure_rss(args, name: str) -> dict:
            str(args.threads[0]), "--batch-size", str(args.batch_size), "--backend", args.backend]
     if args.chunk_seconds is not None:
         cmd += ["--chunk-seconds", str(args.chunk_seconds)]
+    cmd += ["--rss-weights", args.rss_weights]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -178,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rss", action="store_true")
     parser.add_argument("--stations", type=int, nargs="*", default=[])
     parser.add_argument("--station-hours", type=float, default=1.0)
+    parser.add_argument("--rss-weights", choices=["random", "shipped"], default="shipped",
+                        help="weights of the light models in the RSS run (pick extraction depends on them)")
     parser.add_argument("--chunk-seconds", type=float, help="annotate piece length of the light models (0: unchunked)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["timing"], help="skip the timing table")
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
@@ -238,12 +255,12 @@ def main(argv=None) -> int:
 
     if args.rss:
         print(f"\n## peak RSS of classify in a child process ({args.threads[0]} thread(s))")
-        print("| model | peak RSS MB | RSS before classify MB | increase MB | wall s |")
-        print("|---|---|---|---|---|")
+        print("| model | weights | peak RSS MB | RSS before classify MB | increase MB | wall s |")
+        print("|---|---|---|---|---|---|")
         for name in names:
             r = measure_rss(args, name)
-            print(f"| {model_label(name, args.backend)} | {r['peak_mb']:.0f} | {r['before_mb']:.0f} "
-                  f"| {r['peak_mb'] - r['before_mb']:.0f} | {r['wall_s']:.1f} |")
+            print(f"| {model_label(name, args.backend)} | {weights_label(name, args.rss_weights)} | {r['peak_mb']:.0f} "
+                  f"| {r['before_mb']:.0f} | {r['peak_mb'] - r['before_mb']:.0f} | {r['wall_s']:.1f} |")
 
     if args.stations:
         import obspy

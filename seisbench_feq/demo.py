@@ -42,7 +42,12 @@ def run_demo(out_dir: str | Path, model_name: str = "feq3", weights: str = "defa
         title=f"{model.name} ({weights}) on {path.name}",
     )
     print(f"{model.name} '{weights}' weights on {path.name} ({len(stream)} traces)")
-    print(output.picks.to_dataframe()[["station", "phase", "time", "probability"]].to_string(index=False))
+    if output.picks:
+        print(output.picks.to_dataframe()[["station", "phase", "time", "probability"]].to_string(index=False))
+    else:
+        # Say what the model saw rather than print an empty table.
+        peaks = ", ".join(f"{tr.stats.channel} {tr.data.max():.2f}" for tr in annotations)
+        print(f"no P/S pick above the thresholds; highest probabilities: {peaks}")
     print(f"{len(output.detections)} detection(s)")
     print(f"picks written to {picks_csv}, figure to {figure}")
     return {"picks": output.picks, "detections": output.detections, "figure": figure, "csv": picks_csv}

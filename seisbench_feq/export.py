@@ -44,6 +44,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
+
+from .inference import _cached_fused_weights, _transformer, additive_attention, fused_forward, use_backend
+from .models import MODELS, normalize_windows
 
 logger = logging.getLogger(__name__)
 
@@ -66,57 +71,32 @@ FORMATS = ("onnx", "torchscript")
 GRAPHS = ("compact", "fused")
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
 class ExportError(RuntimeError):
     """An export or its verification failed."""
 
 
-def _export_graph_class():
-    import torch.nn as nn
+class ExportGraph(nn.Module):
+    """The traced module: raw (or normalised) windows -> (Detection, P, S) probabilities (or logits)."""
 
-    class _ExportGraph(nn.Module):
-        """``waveforms -> (Detection, P, S)`` around a LEQNet-family model, for tracing."""
+    def __init__(self, model, graph: str = "compact", normalize: bool = True, logits: bool = False):
+        super().__init__()
+        if graph not in GRAPHS:
+            raise ValueError(f"graph={graph!r}: expected one of {GRAPHS}")
+        self.model, self.graph, self.normalize, self.logits = model, graph, normalize, logits
+        if graph == "fused":
+            _cached_fused_weights(model)  # computed now, so the trace stores them as constants
 
-        def __init__(self, model, graph: str = "compact", normalize: bool = True, logits: bool = False):
-            super().__init__()
-            if graph not in GRAPHS:
-                raise ValueError(f"graph={graph!r}: expected one of {GRAPHS}")
-            self.model, self.graph, self.normalize, self.logits = model, graph, normalize, logits
-            if graph == "fused":
-                from .inference import _cached_fused_weights
-
-                _cached_fused_weights(model)  # computed now, so the trace stores them as constants
-
-        def forward(self, waveforms):
-            import torch
-
-            from .inference import fused_forward
-            from .models import normalize_windows
-
-            x = normalize_windows(waveforms, self.model.norm) if self.normalize else waveforms
-            if self.graph == "fused":
-                outputs = fused_forward(self.model, x, logits=True)
-            else:
-                outputs = compact_forward(self.model, x)
-            return tuple(y if self.logits else torch.sigmoid(y) for y in outputs)
-
-    return _ExportGraph
-
-
-def ExportGraph(model, graph: str = "compact", normalize: bool = True, logits: bool = False):
-    """The module that is traced: raw (or normalised) windows to probabilities (or logits)."""
-    return _export_graph_class()(model, graph, normalize, logits)
+    def forward(self, waveforms: torch.Tensor):
+        x = normalize_windows(waveforms, self.model.norm) if self.normalize else waveforms
+        if self.graph == "fused":
+            outputs = fused_forward(self.model, x, logits=True)
+        else:
+            outputs = compact_forward(self.model, x)
+        return tuple(y if self.logits else torch.sigmoid(y) for y in outputs)
 
 
 def compact_forward(model, x):
     """The plain network, written with export-friendly attention (same outputs, logits)."""
-    from .inference import _transformer, additive_attention
-
     h = model.encoder(x)
     h = model.res_stack(h)
     h = model.rnn_stack(h)
@@ -142,7 +122,6 @@ def onnx_bytes(
     batch: int = 2,
 ) -> bytes:
     """The model as an in-memory ONNX file (used by the ``onnxruntime`` inference backend)."""
-    torch = _torch()
     if opset < 17:
         raise ValueError(f"opset {opset}: the export needs opset >= 17")
     wrapper = ExportGraph(model, graph=graph, normalize=normalize, logits=logits).eval()
@@ -306,7 +285,6 @@ def shrink_graph(model_proto):
 
 def export_torchscript(model, path: str | Path, graph: str = "compact", normalize: bool = True, logits: bool = False) -> Path:
     """Write a traced TorchScript module (``torch.jit.load(path)(waveforms)``) to ``path``."""
-    torch = _torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportGraph(model, graph=graph, normalize=normalize, logits=logits).eval()
@@ -332,7 +310,7 @@ def onnx_session(path_or_bytes, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or _torch().get_num_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     source = str(path_or_bytes) if isinstance(path_or_bytes, (str, Path)) else path_or_bytes
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -358,10 +336,6 @@ def initializer_bytes(path: str | Path) -> int:
 
 def max_abs_difference(model, path: str | Path, waveforms: np.ndarray, normalize: bool = True) -> float:
     """Largest |ONNX Runtime - PyTorch (plain path)| over the outputs for these windows."""
-    torch = _torch()
-    from .inference import use_backend
-    from .models import normalize_windows
-
     session = onnx_session(path)
     onnx_out = run_onnx(session, waveforms)
     with torch.no_grad(), use_backend(model, "plain"):
@@ -376,8 +350,6 @@ def max_abs_difference(model, path: str | Path, waveforms: np.ndarray, normalize
 
 
 def _load(spec: str, weights: str | None):
-    from .models import MODELS
-
     key = spec.lower()
     if key not in MODELS:
         raise SystemExit(f"seisbench-feq export: unknown model {spec!r}; choose from {sorted(MODELS)}")

@@ -701,8 +701,9 @@ async def annotate_chunked_async(model, stream: obspy.Stream, copy: bool = True,
 
 # --- pick extraction ------------------------------------------------------------------------------
 # SeisBench's picks_from_annotations/detections_from_annotations call ObsPy's trigger_onset on a
-# whole trace and build trace.times(): for a station-day that is several 70 MB arrays (more when
-# a probability hovers above the off threshold). These give the same picks piece by piece.
+# whole trace and build trace.times(): for a station-day that is several 70 MB arrays, and up to
+# 300 MB when a probability stays above the off threshold all day. These give the same picks
+# piece by piece.
 
 TRIGGER_PIECE = 1 << 20  # samples
 
@@ -710,8 +711,10 @@ TRIGGER_PIECE = 1 << 20  # samples
 def trigger_onsets(data: np.ndarray, threshold: float, piece: int = TRIGGER_PIECE) -> list[tuple[int, int]]:
     """``obspy.signal.trigger.trigger_onset(data, threshold, threshold / 2)``, in bounded memory.
 
-    The data are cut only at samples below the off threshold (or NaN), where no trigger can
-    continue, so each piece's triggers are exactly the whole trace's triggers there.
+    ObsPy's triggers: a trigger switches on at a sample >= ``threshold`` that is not already in a
+    trigger and stays on to the last sample of the run of samples >= ``threshold / 2`` (NaN ends a
+    run). ``trigger_onset`` runs on pieces of ``piece`` samples; a trigger still on at the end of
+    a piece is extended to the end of its run, and the next piece starts after it.
     """
     from obspy.signal.trigger import trigger_onset
 
@@ -721,16 +724,23 @@ def trigger_onsets(data: np.ndarray, threshold: float, piece: int = TRIGGER_PIEC
     start = 0
     while start < n:
         stop = min(start + piece, n)
-        while stop < n:  # move the cut to the next sample below the off threshold
-            below = np.flatnonzero(~(data[stop : stop + piece] >= low))
-            if len(below):
-                stop += int(below[0])
-                break
-            stop = min(stop + piece, n)
-        for on, off in trigger_onset(data[start:stop], threshold, low):
-            triggers.append((start + int(on), start + int(off)))
+        part = [(start + int(on), start + int(off)) for on, off in trigger_onset(data[start:stop], threshold, low)]
+        if part and stop < n and part[-1][1] == stop - 1 and data[stop] >= low:
+            stop = _run_end(data, stop, low, piece)  # the last trigger continues past the cut
+            part[-1] = (part[-1][0], stop - 1)
+        triggers.extend(part)
         start = stop
     return triggers
+
+
+def _run_end(data: np.ndarray, index: int, low: float, block: int) -> int:
+    """First index >= ``index`` where ``data`` is below ``low`` (or NaN), else ``len(data)``."""
+    while index < len(data):
+        below = np.flatnonzero(~(data[index : index + block] >= low))
+        if len(below):
+            return index + int(below[0])
+        index += block
+    return len(data)
 
 
 def _trace_id(trace) -> str:

@@ -290,12 +290,15 @@ def _lightning_module_class():
     class PickerModule(L.LightningModule):
         """Wraps any WaveformModel with (detection, P, S) outputs for training."""
 
-        def __init__(self, model, lr: float = 1e-3, loss_weights=LOSS_WEIGHTS, pos_weight: float = 0.0):
+        def __init__(
+            self, model, lr: float = 1e-3, loss_weights=LOSS_WEIGHTS, pos_weight: float = 0.0, plateau_patience: int = 0
+        ):
             super().__init__()
             self.model = model
             self.lr = lr
             self.loss_weights = tuple(loss_weights)
             self.pos_weight = pos_weight
+            self.plateau_patience = plateau_patience
 
         def _step(self, batch, stage):
             total, parts = picker_loss(self.model, batch["X"], batch["y"], self.loss_weights, self.pos_weight)
@@ -312,7 +315,15 @@ def _lightning_module_class():
             return self._step(batch, "val")
 
         def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=self.lr)
+            optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+            if not self.plateau_patience:
+                return optimizer
+            # halve the rate when the validation loss stalls: the budgets here are too short to
+            # tune a schedule, and a plateau rule needs no step count
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=self.plateau_patience
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
     return PickerModule
 
@@ -618,7 +629,11 @@ def build_distillation_sources(
                 p0 = record["itp"] - ncedc_p_offset(name)
                 val_items.append({**item, "start": p0, "stop": p0 + in_samples, "kind": "ncedc_val"})
             else:
-                train_items.append({**item, "start": 0, "stop": data.shape[-1], "kind": "ncedc"})
+                # the pipeline crops at random: bound the stretch so that short windows still
+                # usually hold the picks (for 6000 samples this is the whole 90 s trace)
+                start = max(0, record["itp"] - in_samples)
+                stop = min(data.shape[-1], record["its"] + in_samples)
+                train_items.append({**item, "start": start, "stop": stop, "kind": "ncedc"})
                 if station not in info["ncedc_train_stations"]:
                     info["ncedc_train_stations"].append(station)
         info["ncedc_train_stations"].sort()
@@ -812,7 +827,9 @@ def train(args) -> int:
     train_loader = DataLoader(train_gen, sampler=sampler, **loader_kwargs)
     val_loader = DataLoader(val_gen, shuffle=False, **loader_kwargs)
 
-    module = _lightning_module_class()(model, lr=args.lr, pos_weight=args.pos_weight)
+    module = _lightning_module_class()(
+        model, lr=args.lr, pos_weight=args.pos_weight, plateau_patience=args.plateau_patience
+    )
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best-{epoch}-{val_loss:.4f}", monitor="val_loss", save_last=True
     )
@@ -874,7 +891,8 @@ def train(args) -> int:
                     "loss_weights": list(LOSS_WEIGHTS),
                     "pick_sigma_samples": PICK_SIGMA,
                     "detection": "P to S + 0.4 (S - P)",
-                    "optimizer": f"Adam lr={args.lr}",
+                    "optimizer": f"Adam lr={args.lr}"
+                    + (f", halved after {args.plateau_patience} epochs without progress" if args.plateau_patience else ""),
                     "pos_weight": args.pos_weight,
                     "batch_size": args.batch_size,
                     "train_window_samples": args.in_samples,
@@ -933,6 +951,9 @@ def add_subcommands(subparsers) -> None:
     run.add_argument("--max-steps", type=int, default=0, help="0: no limit")
     run.add_argument("--max-minutes", type=float, default=0, help="wall-clock budget; 0: no limit")
     run.add_argument("--patience", type=int, default=5, help="early stopping, in epochs")
+    run.add_argument(
+        "--plateau-patience", type=int, default=0, help="halve the lr after N epochs without val progress; 0: off"
+    )
     run.add_argument("--threads", type=int, default=1, help="torch threads")
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     run.add_argument("--seed", type=int, default=0)

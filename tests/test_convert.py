@@ -9,6 +9,7 @@ Converted LEQNet weights are written to tmp_path only (the LEQNet h5 has no lice
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 import hashlib
 import json
 
@@ -31,6 +32,7 @@ from seisbench_feq.convert import (
     normalize_per_channel,
 )
 from seisbench_feq.data import load_ncedc
+from seisbench_feq.inference import use_backend
 from seisbench_feq.keras_reference import load_keras_model
 
 
@@ -93,12 +95,16 @@ def _run_both(model, h5, x_zne, taps):
         handles.append(
             module.register_forward_hook(lambda m, i, o, path=path: captured[path].append(o))
         )
+    x = torch.from_numpy(x_zne.astype(np.float32))
     try:
-        with torch.no_grad():
-            outputs = model(torch.from_numpy(x_zne.astype(np.float32)))
+        # Taps need the modules as written; LEQNet's default inference path fuses them.
+        with torch.no_grad(), use_backend(model, "plain") if isinstance(model, LEQNet) else nullcontext():
+            model(x)
     finally:
         for h in handles:
             h.remove()
+    with torch.no_grad():  # final outputs of the default inference path, also checked against Keras
+        outputs = model(x)
     return captured, outputs, _reference(h5, x_zne)
 
 
