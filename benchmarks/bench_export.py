@@ -115,7 +115,12 @@ def f1_rows(tmp: Path):
     print("|---|---|---|---|---|---|")
     for label, model in models:
         model.eval()
-        for form, kwargs in (("onnx fp32", {}), ("onnx int8", {"int8": True}), ("onnx int8 dynamic", {"int8": True, "int8_mode": "dynamic"})):
+        for form, kwargs in (
+            ("onnx fp32", {}),
+            ("onnx int8 (default: encoder, decoders float32)", {"int8": True}),
+            ("onnx int8, every layer", {"int8": True, "int8_float_layers": ()}),
+            ("onnx int8 dynamic", {"int8": True, "int8_mode": "dynamic"}),
+        ):
             path = export_onnx(model, tmp / "f1.onnx", **kwargs)
             scores = score_picks(picks_from_probabilities(run_onnx(onnx_session(path), waveforms)), metadata)
             print(f"| {label} | {form} | {initializer_bytes(path) / 1024:.1f} | {scores['detection_f1']:.3f} "
@@ -128,6 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--f1", action="store_true")
+    parser.add_argument("--no-table", action="store_true", help="only the F1 comparison")
     args = parser.parse_args(argv)
 
     import seisbench.models as sbm
@@ -143,7 +149,7 @@ def main(argv=None) -> int:
           f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} at start")
     torch.manual_seed(0)
     eqt = sbm.EQTransformer().eval()
-    eqt_ms = cpu_ms_per_window(torch_runner(eqt, "plain"), batch, args.repeats)
+    eqt_ms = cpu_ms_per_window(torch_runner(eqt, "plain"), batch, 1 if args.no_table else args.repeats)
     eqt_file, eqt_bytes = state_dict_bytes(eqt)
     print("| model | form | file KB | weight KB | MFLOPs / window | ms / window | EqT / form |")
     print("|---|---|---|---|---|---|---|")
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
           f"| {flops_per_window(eqt, 3, 6000) / 1e6:.1f} | {eqt_ms:.2f} | 1.0x |")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in args.models:
+        for name in [] if args.no_table else args.models:
             torch.manual_seed(0)
             model = seisbench_feq.MODELS[name]().eval()
             mflops = flops_per_window(model, 3, 6000) / 1e6

@@ -1177,7 +1177,7 @@ def pick_archive(
     for station, n in without_data.items():
         logger.warning("%s: no data files cover %d chunk(s) of the span: not run", station, n)
 
-    timing = {"cluster_start_s": 0.0}
+    timing = {"cluster_start_s": 0.0, "cluster_stop_s": 0.0}
     wall = time.perf_counter()
     run_results = _run_units(todo, source, model, settings, out, manifest, workers, scheduler,
                              torch_threads, progress, timing)
@@ -1263,16 +1263,26 @@ def _run_on_dask(todo, unit_source, model, settings, out, workers, scheduler, to
         # oversubscribing their cores unless the user says otherwise
         threads = torch_threads or 1
     else:
+        import dask
+
         threads = torch_threads or max(1, (os.cpu_count() or 1) // workers)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536; glibc then hands every freed
+        # block above 64 KiB back to the OS, and picking a unit took twice as long (measured
+        # with FEQ3, docs/archive.md). None removes it from the workers' environment.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         client = Client(cluster)
     settings = dataclasses.replace(settings, torch_threads=threads)
-    logger.info("Dask: %s, %d worker thread(s), %d torch thread(s) per task", client.scheduler.address
-                if hasattr(client.scheduler, "address") else scheduler,
-                sum(client.nthreads().values()), threads)
+    logger.info("Dask: %s, %d worker thread(s), %d torch thread(s) per task",
+                getattr(client.scheduler, "address", scheduler), sum(client.nthreads().values()),
+                threads)
     try:
         model_future = client.scatter(ShippedModel(model), broadcast=True)
+        # load the model (and torch, SeisBench) on every worker before timing the units
+        client.gather([client.submit(_warm_up, model_future, workers=[address], pure=False,
+                                     allow_other_workers=False)
+                       for address in client.nthreads()])
         timing["cluster_start_s"] = time.perf_counter() - started
         # bounded number of tasks in flight: the scheduler never holds the whole archive's plan
         in_flight = max(2, 2 * sum(client.nthreads().values()))
@@ -1300,10 +1310,17 @@ def _run_on_dask(todo, unit_source, model, settings, out, workers, scheduler, to
             if nxt is not None:
                 queue.add(submit(nxt))
     finally:
+        stopping = time.perf_counter()
         client.close()
         if cluster is not None:
             cluster.close()
+        timing["cluster_stop_s"] = time.perf_counter() - stopping
         dask_logger.setLevel(dask_level)
+
+
+def _warm_up(model: ShippedModel) -> str:
+    model.get()
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _merge_and_report(out, units, manifest, settings, run, source, run_results, timing, span,
@@ -1363,8 +1380,10 @@ def _merge_and_report(out, units, manifest, settings, run, source, run_results, 
         "picks_total": sum(sum(c.values()) for c in picks_per_station.values()),
         "picks_per_station": picks_per_station,
         "throughput": {
-            # wall_s includes starting a LocalCluster (cluster_start_s) but not the file scan
+            # wall_s includes starting and stopping Dask (loading the model on the workers
+            # included) but not the file scan
             "wall_s": wall, "cluster_start_s": timing["cluster_start_s"],
+            "cluster_stop_s": timing["cluster_stop_s"],
             "units_this_run": len(run_results), "data_hours_this_run": data_h_run,
             "data_hours_per_s": data_h_run / wall if wall > 0 and ran else 0.0,
             "unit_seconds_total": sum(r.elapsed_s for r in run_results),

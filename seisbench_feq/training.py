@@ -524,6 +524,34 @@ def cached_teacher_probabilities(teacher, tag: str, name: str, data, station, st
     return out
 
 
+def teacher_pick_targets(probabilities: np.ndarray, threshold: float = 0.3, sigma: int = PICK_SIGMA) -> np.ndarray:
+    """Teacher (detection, P, S) probabilities -> the same with P and S as Gaussian pick labels.
+
+    The teacher's picks are extracted as SeisBench's ``picks_from_annotations`` does (trigger at
+    ``threshold``, off at half of it, peak = argmax), and each becomes a Gaussian of height 1 and
+    ``sigma`` samples, the form of the analyst labels. The teacher's own peaks are wide and often
+    low (0.3-0.6): students copying them end up below the pick threshold and imprecise. The
+    detection row stays soft; NaN (teacher blinded) stays NaN.
+    """
+    from obspy.signal.trigger import trigger_onset
+
+    out = np.array(probabilities, dtype=np.float32, copy=True)
+    n = out.shape[-1]
+    for row in (1, 2):
+        values = np.asarray(probabilities[row], dtype=np.float64)
+        unknown = np.isnan(values)
+        filled = np.nan_to_num(values)
+        label = np.zeros(n, dtype=np.float32)
+        for on, off in trigger_onset(filled, threshold, threshold / 2):
+            peak = on + int(np.argmax(filled[on : off + 1]))
+            lo, hi = max(peak - 5 * sigma, 0), min(peak + 5 * sigma + 1, n)
+            gauss = np.exp(-0.5 * ((np.arange(lo, hi) - peak) / sigma) ** 2)
+            label[lo:hi] = np.maximum(label[lo:hi], gauss)
+        label[unknown] = np.nan
+        out[row] = label
+    return out
+
+
 def _teacher_peaks(probabilities: np.ndarray, height: float = 0.5) -> np.ndarray:
     from scipy.signal import find_peaks
 
@@ -544,6 +572,7 @@ def build_distillation_sources(
     split_seed: int = 0,
     val_fraction: float = 0.1,
     max_val_windows: int = 256,
+    teacher_targets: str = "soft",
 ):
     """Training and validation sources for distillation, plus a record of the data used.
 
@@ -552,6 +581,8 @@ def build_distillation_sources(
       at regular offsets ("cx_random"), cropped at random by the pipeline.
     * NCEDC (``ncedc_root``): only stations that ``split_by_station(test_fraction, seed)`` puts on
       the train side; of those, a further station-hash 15 % is validation.
+    * ``teacher_targets``: "soft" (the teacher's probabilities) or "picks" (its picks as Gaussian
+      labels, :func:`teacher_pick_targets`).
     Returns ``(train_source, train_weights, val_source, info)``.
     """
     import pandas as pd
@@ -571,10 +602,18 @@ def build_distillation_sources(
 
     if not cx_root and not ncedc_root:
         raise ValueError("distillation needs --cx-root and/or --ncedc-root")
+    if teacher_targets not in ("soft", "picks"):
+        raise ValueError(f"teacher_targets={teacher_targets!r}: expected 'soft' or 'picks'")
     teacher = load_teacher(teacher_spec)
     tag = Path(teacher_spec).stem.replace(".", "_")
     arrays, train_items, val_items = [], [], []
-    info = {"teacher": teacher_spec, "cx_segments": [], "cx_stations": [], "ncedc_train_stations": []}
+    info = {
+        "teacher": teacher_spec,
+        "teacher_targets": teacher_targets,
+        "cx_segments": [],
+        "cx_stations": [],
+        "ncedc_train_stations": [],
+    }
 
     if cx_root:
         segments = read_continuous_segments(cx_root, min_samples=in_samples)
@@ -584,6 +623,8 @@ def build_distillation_sources(
                 probs = cached_teacher_probabilities(
                     teacher, tag, seg.name, seg.data, seg.station, seg.starttime, Path(cache_dir), pbar
                 )
+                if teacher_targets == "picks":
+                    probs = teacher_pick_targets(probs)
                 index = len(arrays)
                 arrays.append(np.concatenate([seg.data, probs]))
                 n = seg.data.shape[-1]
@@ -615,6 +656,8 @@ def build_distillation_sources(
             station = ".".join(_station_of(name))
             piece = f"ncedc_{name[:-4]}"
             probs = cached_teacher_probabilities(teacher, tag, piece, data, station, "2000-01-01", Path(cache_dir))
+            if teacher_targets == "picks":
+                probs = teacher_pick_targets(probs)
             index = len(arrays)
             arrays.append(np.concatenate([data, probs]))
             item = {
@@ -790,6 +833,7 @@ def train(args) -> int:
             in_samples=args.in_samples,
             ncedc_test_fraction=args.ncedc_test_fraction,
             split_seed=args.split_seed,
+            teacher_targets=args.teacher_targets,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
         train_gen = sbg.GenericGenerator(train_source)
@@ -897,6 +941,7 @@ def train(args) -> int:
                     "batch_size": args.batch_size,
                     "train_window_samples": args.in_samples,
                     "analyst_weight": args.analyst_weight if args.distill else 1.0,
+                    "teacher_targets": args.teacher_targets if args.distill else None,
                 },
                 **summary,
             },
@@ -939,6 +984,12 @@ def add_subcommands(subparsers) -> None:
     dist.add_argument("--ncedc-test-fraction", type=float, default=0.5, help="share of NCEDC stations held out")
     dist.add_argument("--split-seed", type=int, default=0, help="seed of the station split")
     dist.add_argument("--analyst-weight", type=float, default=0.5, help="weight of analyst labels vs teacher")
+    dist.add_argument(
+        "--teacher-targets",
+        choices=["soft", "picks"],
+        default="soft",
+        help="learn the teacher's probabilities, or its picks as Gaussian labels (sigma 10)",
+    )
     dist.add_argument("--cache-dir", default="local/teacher_cache", help="teacher-probability cache")
     run = p.add_argument_group("run")
     run.add_argument("--out", default="local/runs/train", help="checkpoints, CSV logs, summary")

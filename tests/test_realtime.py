@@ -167,8 +167,8 @@ def test_gaps_missing_component_and_silent_station(model, tmp_path):
     reference = model.classify(data.copy()).picks
     assert len(reference.select(trace_id="CX.PB01.")) and len(reference.select(trace_id="CX.PB02."))
 
-    picker = RealtimePicker(model, silence_timeout=5.0, max_component_lag=20.0)
-    source = ReplaySource(path, speed=40)
+    picker = RealtimePicker(model, silence_timeout=2.0, max_component_lag=20.0)
+    source = ReplaySource(path, speed=20)
     picks = picker.run(source)
 
     matched, unexplained = _compare(reference, picks, _segment_limits(data, model))

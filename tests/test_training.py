@@ -329,3 +329,19 @@ def test_warm_start_copies_matching_tensors(tmp_path):
     assert torch.equal(dst["pick_rnns.0.weight_ih_l0"], src["pick_rnns.0.weight_ih_l0"])  # both GRU
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         warm_start(student, str(tmp_path / "nothing_here"))
+
+
+def test_teacher_pick_targets_sharpen_teacher_peaks():
+    from seisbench_feq.training import teacher_pick_targets
+
+    probs = np.zeros((3, 2000), dtype=np.float32)
+    probs[0, 400:900] = 0.8
+    probs[1] = 0.45 * np.exp(-0.5 * ((np.arange(2000) - 500) / 25.0) ** 2)  # a wide, low teacher P
+    probs[2, 700:710] = 0.2  # below the 0.3 trigger: no S pick
+    probs[:, :100] = np.nan  # blinded edge
+    out = teacher_pick_targets(probs)
+    assert int(np.nanargmax(out[1])) == 500 and np.nanmax(out[1]) == pytest.approx(1.0)
+    assert out[1, 510] == pytest.approx(np.exp(-0.5), rel=1e-3)  # sigma 10 samples
+    assert np.nanmax(out[2]) == 0
+    np.testing.assert_array_equal(out[0, 100:], probs[0, 100:])  # detection stays soft
+    assert np.isnan(out[:, :100]).all() and not np.isnan(out[:, 100:]).any()
