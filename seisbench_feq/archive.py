@@ -1108,8 +1108,6 @@ def pick_archive(
     :param classify_kwargs: passed to ``model.classify`` (thresholds, batch_size, ...).
     :param overwrite: discard a previous job in ``out`` instead of resuming it.
     """
-    import obspy
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if output_format not in ("csv", "parquet"):

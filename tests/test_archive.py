@@ -160,6 +160,21 @@ def test_parse_duration_and_bad_settings(tmp_path, sds, picker):
         archive.pick_archive(str(tmp_path / "missing" / "*.mseed"), tmp_path / "c", picker, workers=0)
 
 
+def test_manifest_drops_a_partial_last_line_left_by_a_kill(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    done = archive.UnitResult("CX.PB01.", "2014-05-01T00:00:00.000000Z",
+                              "2014-05-01T01:00:00.000000Z", status="done")
+    archive.Manifest(path).record(done)
+    with open(path, "a") as fh:
+        fh.write('{"key": "CX.PB02.|2014')  # the process died in the middle of this line
+    manifest = archive.Manifest(path)
+    assert manifest.finished(done.key) and len(manifest.entries) == 1
+    assert path.read_text().endswith("\n") and path.read_text().count("\n") == 1
+    failed = archive.UnitResult("CX.PB02.", done.start, done.end, status="failed", reason="x")
+    manifest.record(failed)
+    assert not archive.Manifest(path).finished(failed.key)  # failed units are retried
+
+
 def test_sds_layout_stations_and_default_span(sds, tmp_path):
     source = archive.open_source(sds)
     assert isinstance(source, archive.SDSSource)
