@@ -61,7 +61,6 @@ __all__ = [
     "leqnet_from_keras",
     "mc_dropout_predict",
     "ncedc_scores",
-    "normalize_per_channel",
     "parse_keras_graph",
     "pick_scores",
     "read_keras_h5",
@@ -768,16 +767,6 @@ def mc_dropout_predict(model, x, n_samples: int = 20, seed: int | None = None):
 # ----------------------------------------------------------------------------------------------
 
 
-def normalize_per_channel(windows: np.ndarray) -> np.ndarray:
-    """Demean each channel and divide it by its (population) std; all-zero channels stay zero.
-
-    The original EQTransformer/LEQNet input normalisation; ``windows`` is (..., channels, samples).
-    """
-    x = windows - windows.mean(axis=-1, keepdims=True)
-    std = x.std(axis=-1, keepdims=True)
-    return x / np.where(std == 0, 1.0, std)
-
-
 def trigger_peaks(prob: np.ndarray, threshold: float) -> np.ndarray:
     """Peak sample of every run of ``prob >= threshold`` (one pick per triggered segment)."""
     above = np.concatenate([[False], prob >= threshold, [False]])
@@ -880,7 +869,9 @@ def ncedc_scores(
         raise ValueError(f"rule={rule!r}: expected 'eqt' or 'peaks'")
     waveforms, meta = load_ncedc(ncedc_dir)
     waveforms, meta = waveforms[::every], meta.iloc[::every]
-    x = torch.from_numpy(normalize_per_channel(waveforms.astype(np.float64)).astype(np.float32))
+    from seisbench_feq.models import normalize_windows
+
+    x = normalize_windows(torch.from_numpy(waveforms.astype(np.float32)))
     model.eval()
     outs = []
     with torch.no_grad():

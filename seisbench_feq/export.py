@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from .inference import _cached_fused_weights, _transformer, additive_attention, fused_forward, use_backend
-from .models import MODELS, normalize_windows
+from .models import MODELS, preprocess_windows
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class ExportGraph(nn.Module):
             _cached_fused_weights(model)  # computed now, so the trace stores them as constants
 
     def forward(self, waveforms: torch.Tensor):
-        x = normalize_windows(waveforms, self.model.norm) if self.normalize else waveforms
+        x = preprocess_windows(self.model, waveforms) if self.normalize else waveforms
         if self.graph == "fused":
             outputs = fused_forward(self.model, x, logits=True)
         else:
@@ -126,6 +126,12 @@ def onnx_bytes(
     """The model as an in-memory ONNX file (used by the ``onnxruntime`` inference backend)."""
     if opset < 17:
         raise ValueError(f"opset {opset}: the export needs opset >= 17")
+    if normalize and getattr(model, "highpass", None):
+        raise ExportError(
+            f"{model.name} high-passes each window ({model.highpass} Hz) before normalising, and the "
+            "ONNX exporter has no FFT: export with normalize=False (CLI: --no-normalize) and feed windows "
+            "through seisbench_feq.models.preprocess_windows(model, windows)"
+        )
     wrapper = ExportGraph(model, graph=graph, normalize=normalize, logits=logits).eval()
     was_training = model.training
     model.eval()
@@ -358,7 +364,7 @@ def max_abs_difference(model, path: str | Path, waveforms: np.ndarray, normalize
     with torch.no_grad(), use_backend(model, "plain"):
         x = torch.as_tensor(waveforms, dtype=torch.float32)
         if normalize:
-            x = normalize_windows(x, model.norm)
+            x = preprocess_windows(model, x)
         ref = torch.stack(model.eval()(x), dim=1).numpy()
     return float(np.abs(onnx_out - ref).max())
 
@@ -389,6 +395,13 @@ def _cli_export(args) -> int:
     model, weights = _load(args.model, args.weights)
     model.eval()
     out = Path(args.out)
+    if args.format == "onnx" and model.highpass and not args.no_normalize:
+        print(
+            f"note: {model.name} high-passes each window ({model.highpass} Hz) before normalising, which "
+            "ONNX cannot express; the graph takes pre-processed windows "
+            "(seisbench_feq.models.preprocess_windows), as with --no-normalize"
+        )
+        args.no_normalize = True
     if args.format == "torchscript":
         if args.int8:
             raise SystemExit("seisbench-feq export: --int8 applies to --format onnx only")

@@ -50,6 +50,16 @@ KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
 __all__ = ["KerasModel", "load_keras_model"]
 
 
+def normalize_per_channel(windows: np.ndarray) -> np.ndarray:
+    """The originals' input normalisation: demean each channel, divide by its (population) std.
+
+    All-zero channels stay zero; ``windows`` is (..., channels, samples).
+    """
+    x = windows - windows.mean(axis=-1, keepdims=True)
+    std = x.std(axis=-1, keepdims=True)
+    return x / np.where(std == 0, 1.0, std)
+
+
 def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
 

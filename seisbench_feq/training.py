@@ -795,6 +795,21 @@ def warm_start(model, prefix: str) -> dict:
     return {"from": str(path), "tensors_copied": len(copied), "tensors_random": skipped}
 
 
+def init_history(prefix: str) -> list[dict]:
+    """The training records of the weights a run starts from (``--init``), oldest first.
+
+    Each shipped json then carries the whole chain of commands that produced it, not only the
+    last one: ``history`` of the init weights, then their own ``training`` record.
+    """
+    for candidate in (Path(prefix + ".json.v1"), Path(prefix + ".json")):
+        if candidate.is_file():
+            content = json.loads(candidate.read_text())
+            record = content.get("training") or {"note": f"{candidate} has no training record"}
+            record = {k: v for k, v in record.items() if k != "history"}
+            return list(content.get("history", [])) + [{"weights": str(candidate), **record}]
+    return [{"note": f"no json beside {prefix}; its training is not recorded"}]
+
+
 def train(args) -> int:
     """Entry point of ``seisbench-feq train``."""
     import lightning as L
@@ -820,7 +835,7 @@ def train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    model = MODELS[args.model](in_samples=args.in_samples)
+    model = MODELS[args.model](in_samples=args.in_samples, highpass=args.highpass or None)
     init_info = warm_start(model, args.init) if args.init else None
 
     data_info: dict = {}
@@ -947,6 +962,8 @@ def train(args) -> int:
             },
             "data": data_info,
         }
+        if args.init:
+            metadata["history"] = init_history(args.init)
         docstring = (
             f"{type(model).__name__} trained by seisbench_feq ({'distillation from ' + args.teacher if args.distill else args.dataset}). "
             f"Data: {', '.join(data_info.get('cx_stations', []))} continuous; NCEDC train stations "
@@ -997,6 +1014,10 @@ def add_subcommands(subparsers) -> None:
     run.add_argument("--lr", type=float, default=1e-3)
     run.add_argument("--pos-weight", type=float, default=0.0, help="loss weight 1 + W * target (see masked_bce)")
     run.add_argument("--in-samples", type=int, default=6000, help="training window length")
+    run.add_argument(
+        "--highpass", type=float, default=1.0,
+        help="corner (Hz) of the model's window high-pass, stored with the weights; 0: none",
+    )
     run.add_argument("--steps-per-epoch", type=int, default=200)
     run.add_argument("--max-epochs", type=int, default=1000)
     run.add_argument("--max-steps", type=int, default=0, help="0: no limit")

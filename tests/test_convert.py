@@ -29,11 +29,10 @@ from seisbench_feq.convert import (
     leqnet_from_keras,
     mc_dropout_predict,
     ncedc_scores,
-    normalize_per_channel,
 )
 from seisbench_feq.data import load_ncedc
 from seisbench_feq.inference import use_backend
-from seisbench_feq.keras_reference import load_keras_model
+from seisbench_feq.keras_reference import load_keras_model, normalize_per_channel
 
 
 def _eqt_h5():

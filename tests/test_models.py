@@ -12,7 +12,7 @@ import torch
 import seisbench_feq
 from seisbench_feq import FEQ1, FEQ2, FEQ3, LEQNet, keras_param_count, torch_param_count
 from seisbench_feq.demo import example_event_path
-from seisbench_feq.models import Encoder, max_pool_same, normalize_windows
+from seisbench_feq.models import Encoder, highpass_windows, max_pool_same, normalize_windows
 
 ALL = [LEQNet, FEQ1, FEQ2, FEQ3]
 
@@ -85,6 +85,34 @@ def test_normalisation_per_channel_and_zero_channels():
     y = normalize_windows(x)
     assert torch.allclose(y[:, :2].std(-1), torch.ones(4, 2), atol=1e-4)
     assert torch.count_nonzero(y[:, 2]) == 0
+
+
+def test_highpass_is_obspys_zero_phase_butterworth_and_removes_microseism():
+    from scipy.signal import butter, sosfiltfilt
+
+    rng = np.random.default_rng(0)
+    t = np.arange(6000) / 100.0
+    microseism = 1000 * np.sin(2 * np.pi * 0.2 * t)
+    event = rng.normal(size=6000) * (t > 30)  # broadband "arrival" at 30 s
+    x = np.stack([microseism + event, rng.normal(size=6000).cumsum(), np.zeros(6000)])[None]
+    y = highpass_windows(torch.from_numpy(x), 1.0, 100.0).numpy()
+    # ObsPy's filter("highpass", freq=1, corners=2, zerophase=True) is this sosfiltfilt
+    expected = sosfiltfilt(butter(2, 1.0, "highpass", fs=100, output="sos"), x)
+    inner = slice(500, -500)  # away from the edges, which annotate blinds
+    assert np.abs(y[..., inner] - expected[..., inner]).max() < 1e-3 * np.abs(expected[..., inner]).max()
+    assert np.abs(y[0, 0, 500:2900]).max() < 0.01 * 1000  # microseism gone before the arrival
+    assert np.count_nonzero(y[0, 2]) == 0  # a missing component stays zero
+
+
+def test_highpass_argument_round_trips_and_is_checked(tmp_path):
+    model = FEQ3(highpass=1.0)
+    model.save(tmp_path / "hp")
+    assert FEQ3.load(tmp_path / "hp").highpass == 1.0
+    assert FEQ3().highpass is None
+    batch = torch.randn(2, 3, 6000) + torch.linspace(0, 50, 6000)  # a trend: the filter must act
+    assert not torch.allclose(model.annotate_batch_pre(batch.clone(), {}), FEQ3().annotate_batch_pre(batch.clone(), {}))
+    with pytest.raises(ValueError, match="highpass=60"):
+        FEQ3(highpass=60)
 
 
 @pytest.mark.parametrize("cls", ALL)

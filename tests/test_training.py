@@ -260,9 +260,20 @@ def test_cli_train_on_stead_fixture(stead_source, isolated_cache, tmp_path):
     assert info["training"]["command"].startswith("seisbench-feq train --model feq3 --dataset stead")
     assert info["training"]["steps"] == 2 and info["training"]["git"]
     model = FEQ3.load(weights / "default", version_str="1")
-    assert model.in_samples == 6000
+    assert model.in_samples == 6000 and model.highpass == 1.0  # --highpass default, kept with the weights
     trained = torch.load(weights / "default.pt.v1")
     assert any(not torch.equal(trained[k], v) for k, v in FEQ3().state_dict().items() if v.is_floating_point())
+
+    # A continuation records the chain of commands that led to its weights.
+    argv2 = argv[:-2] + [  # a repeated --out: argparse keeps the last
+        "--out", str(tmp_path / "run2"), "--init", str(weights / "default"), "--highpass", "0",
+        "--save-weights", str(tmp_path / "weights2"),
+    ]  # fmt: skip
+    assert main(argv2) == 0
+    info2 = json.loads((tmp_path / "weights2" / "default.json.v1").read_text())
+    assert [h["command"] for h in info2["history"]] == [info["training"]["command"]]
+    assert "--init" in info2["training"]["command"]
+    assert FEQ3.load(tmp_path / "weights2" / "default", version_str="1").highpass is None
 
 
 def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch):
