@@ -37,9 +37,13 @@ def run_demo(out_dir: str | Path, model_name: str = "feq3", weights: str = "defa
     picks_csv = out_dir / "picks.csv"
     output.picks.to_dataframe().to_csv(picks_csv, index=False)
     figure = out_dir / "picks.png"
+    shown, note = stream, ""
+    if getattr(model, "highpass", None):  # show the waveforms as the model sees them
+        shown = stream.copy().detrend("linear").taper(0.02).filter("highpass", freq=model.highpass, corners=2, zerophase=True)
+        note = f", waveforms high-passed at {model.highpass:g} Hz as the model does"
     plot_annotations(
-        stream, annotations, output.picks, figure,
-        title=f"{model.name} ({weights}) on {path.name}",
+        shown, annotations, output.picks, figure,
+        title=f"{model.name} ({weights}) on {path.name}{note}",
     )
     print(f"{model.name} '{weights}' weights on {path.name} ({len(stream)} traces)")
     if output.picks:

@@ -217,3 +217,19 @@ def test_public_api():
     assert set(seisbench_feq.MODELS) == {"leqnet", "feq1", "feq2", "feq3"}
     assert all(issubclass(c, sbm.WaveformModel) for c in ALL)
     assert FEQ3().labels == ["Detection", "P", "S"] and FEQ3().component_order == "ZNE"
+
+
+@pytest.mark.timeout(180)
+def test_demo_picks_the_bundled_earthquake(tmp_path):
+    """`make demo`: shipped FEQ3 on ObsPy's SEISAN event (P near 14:52:34.9) writes a CSV and a plot."""
+    import pandas as pd
+
+    from seisbench_feq.demo import run_demo
+
+    result = run_demo(tmp_path)
+    picks = pd.read_csv(result["csv"])
+    assert result["figure"].stat().st_size > 10_000
+    assert len(picks) == len(result["picks"]) >= 1
+    times = [obspy.UTCDateTime(t) for t in picks["time"]]
+    # every pick lies on the earthquake, between its P and the end of its S coda
+    assert all(obspy.UTCDateTime("2005-07-23T14:52:33") <= t <= obspy.UTCDateTime("2005-07-23T14:52:50") for t in times)
