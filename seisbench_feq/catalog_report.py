@@ -21,6 +21,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_residuals(comparison, path) -> Path:
     """Histograms: origin-time and epicentre differences of matched events, depth differences,
     and P and S pick residuals (ours minus reference when the reference has picks; otherwise the
@@ -52,11 +60,7 @@ def plot_residuals(comparison, path) -> Path:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label, fontsize=9)
     np.atleast_1d(axes)[0].set_ylabel("count")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_map(comparison, path, stations: pd.DataFrame | None = None) -> Path:
@@ -80,11 +84,7 @@ def plot_map(comparison, path, stations: pd.DataFrame | None = None) -> Path:
     ax.set_ylabel("latitude (°)")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_recall_by_magnitude(comparison, path) -> Path:
@@ -97,11 +97,7 @@ def plot_recall_by_magnitude(comparison, path) -> Path:
     ax.set_xticks(x, bm["magnitude"], fontsize=8, rotation=20)
     ax.set_ylabel("events")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _fmt(x, digits=3) -> str:

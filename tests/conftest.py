@@ -35,3 +35,16 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """The ``../shared`` folder (skip/fail as in :func:`shared_path`)."""
     return shared_path()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    Small batches on a shared 2-core machine: a second OpenMP thread mostly waits for a core (single
+    forwards took ~20 s instead of 0.3 s under load).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -53,13 +53,7 @@ def leq():
     return leqnet_from_keras(_leq_h5())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two threads on a loaded 2-core machine made single forwards take ~20 s instead of 0.3 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ ALL = [LEQNet, FEQ1, FEQ2, FEQ3]
 INT8_WEIGHT_BUDGET = 64 * 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small batches on a shared 2-core machine: a second OpenMP thread only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

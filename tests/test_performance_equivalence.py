@@ -43,13 +43,7 @@ from seisbench_feq.models import normalize_windows
 PROB_ATOL = 1e-5  # fused vs plain probabilities: float32 rounding of a rearranged sum
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small batches on a shared 2-core machine: a second OpenMP thread only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sds(station: str, channel: str) -> str:
