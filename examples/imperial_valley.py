@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import time
@@ -37,7 +38,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from seisbench_feq import catalog  # noqa: E402
 from seisbench_feq.catalog_report import write_report  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "imperial_valley"
+# ../shared beside the checkout, or wherever SEISBENCH_FEQ_SHARED points (as for the tests and benchmarks)
+SHARED = Path(os.environ.get("SEISBENCH_FEQ_SHARED", ROOT.parent / "shared")) / "data" / "imperial_valley"
 ESTIMATED_STATIONS = ROOT / "catalogs" / "imperial_valley" / "stations_estimated.csv"
 OUR_EVENTS = ROOT / "catalogs" / "imperial_valley" / "phasenet_pyocto_events.csv"
 DEFAULT_QUAKEML = ROOT / "runs" / "imperial_valley" / "catalog.xml"  # ~20 MB for 48 h: not committed
