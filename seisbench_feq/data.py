@@ -94,23 +94,64 @@ def _station_of(file_name: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def load_ncedc(root: str | Path, window_samples: int = 6000) -> tuple[np.ndarray, pd.DataFrame]:
+def ncedc_random_p_position(file_name: str, seed: int, window_samples: int = 6000) -> float:
+    """P position (in samples, with a fractional part) inside a randomly placed evaluation window.
+
+    Uniform in [500, window_samples - 3500) samples, drawn from a generator seeded by ``seed`` and the
+    file name, so the same seed always gives the same windows. The fractional part matters: STEAD
+    puts P on whole seconds and EQTransformer learned that prior; windows whose P sits at an
+    arbitrary sub-sample position do not reward it.
+    """
+    rng = np.random.default_rng(zlib.crc32(f"{seed}:{file_name}".encode()))
+    return float(rng.uniform(500, max(window_samples - 3500, 501)))
+
+
+def fractional_delay(data: np.ndarray, delay: float, axis: int = 0) -> np.ndarray:
+    """``data`` delayed by ``delay`` samples (band-limited, FFT phase shift); ``|delay| < 1``.
+
+    The data are demeaned first so that the circular wrap of the FFT leaves no step at the ends.
+    """
+    if not delay:
+        return data
+    x = data - data.mean(axis=axis, keepdims=True)
+    n = x.shape[axis]
+    freqs = np.fft.rfftfreq(n)
+    shape = [1] * x.ndim
+    shape[axis] = len(freqs)
+    phase = np.exp(-2j * np.pi * freqs * delay).reshape(shape)
+    return np.fft.irfft(np.fft.rfft(x, axis=axis) * phase, n=n, axis=axis)
+
+
+def load_ncedc(
+    root: str | Path, window_samples: int = 6000, offset_seed: int | None = None, names=None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Evaluation windows of the NCEDC traces, one per trace.
 
     Returns ``(waveforms, metadata)``: ``waveforms`` float32 (N, 3, window_samples) in Z, N, E order,
-    counts, 100 Hz; the window starts ``ncedc_p_offset(file_name)`` samples before the analyst P.
+    counts, 100 Hz. With ``offset_seed=None`` the window starts ``ncedc_p_offset(file_name)``
+    (whole) samples before the analyst P, the protocol of the reference results in model_spec.md.
+    With an integer ``offset_seed`` P lies at :func:`ncedc_random_p_position` (a random position
+    with a sub-sample part; the trace is delayed by that fraction), and ``p_sample``/``s_sample``
+    are fractional: the evaluation protocol of ``seisbench-feq evaluate``.
     ``metadata`` has one row per window: ``trace_name`` (file name without ``.npz``), ``file_name``,
     ``network``, ``station`` ("NET.STA"), ``p_sample``, ``s_sample`` (indices inside the window),
-    ``channels``, ``vertical_only`` (N and E rows are zero), ``sampling_rate``.
+    ``channels``, ``vertical_only`` (N and E rows are zero), ``sampling_rate``. ``names`` restricts
+    the windows to those npz files (default: all of ``waveform.csv``).
     """
     root = Path(root)
-    names = _ncedc_files(root)
+    names = _ncedc_files(root) if names is None else list(names)
     waveforms = np.zeros((len(names), 3, window_samples), dtype=np.float32)
     rows = []
     for i, name in enumerate(names):
         path = root / name
         record = read_ncedc_npz(path)
-        p_offset = ncedc_p_offset(name)
+        data = record["data"]
+        if offset_seed is None:
+            p_offset, fraction = ncedc_p_offset(name), 0.0
+        else:
+            position = ncedc_random_p_position(name, offset_seed, window_samples)
+            p_offset, fraction = int(position), position - int(position)
+            data = fractional_delay(data, fraction)
         start = record["itp"] - p_offset
         stop = start + window_samples
         n = record["data"].shape[0]
@@ -119,10 +160,10 @@ def load_ncedc(root: str | Path, window_samples: int = 6000) -> tuple[np.ndarray
                 f"NCEDC npz {path}: a {window_samples}-sample window with P at {p_offset} needs samples "
                 f"{start}..{stop} but the trace has {n} (P at {record['itp']})"
             )
-        window = record["data"][start:stop]
+        window = data[start:stop]
         waveforms[i] = window[:, ZNE_FROM_ENZ].T
         net, sta = _station_of(name)
-        s_sample = record["its"] - start
+        s_sample = record["its"] + fraction - start
         if not 0 <= s_sample < window_samples:
             logger.warning("NCEDC %s: S at %d falls outside the %d-sample window", name, s_sample, window_samples)
         rows.append(
@@ -131,7 +172,7 @@ def load_ncedc(root: str | Path, window_samples: int = 6000) -> tuple[np.ndarray
                 "file_name": name,
                 "network": net,
                 "station": f"{net}.{sta}",
-                "p_sample": p_offset,
+                "p_sample": p_offset + fraction,
                 "s_sample": s_sample,
                 "channels": record["channels"],
                 "vertical_only": bool(not window[:, 0].any() and not window[:, 1].any()),

@@ -175,6 +175,63 @@ class SecondEvent:
         return "SecondEvent(scale=1/U(1,10))"
 
 
+class TimeStretch:
+    """Resample the waveform (and any stacked teacher rows) in time by a factor U(low, high).
+
+    Apparent frequencies and S - P times change together, as for a nearer or farther event of
+    another size; analyst pick samples in the metadata are scaled with it. Applied before the
+    window is cut, so the stretch never pads. Linear interpolation: the factors stay close to 1,
+    where its low-pass effect is small.
+    """
+
+    def __init__(self, low: float = 0.8, high: float = 1.25, key: str = "X"):
+        self.low, self.high, self.key = low, high, key
+
+    def __call__(self, state_dict):
+        x, metadata = state_dict[self.key]
+        factor = np.exp(np.random.uniform(np.log(self.low), np.log(self.high)))
+        n = x.shape[-1]
+        m = max(int(round(n * factor)), 2)
+        positions = np.arange(m) / factor
+        stretched = np.stack([np.interp(positions, np.arange(n), row) for row in x]).astype(x.dtype)
+        metadata = dict(metadata)
+        for key, value in list(metadata.items()):
+            if key.endswith("_arrival_sample") and value is not None and np.isfinite(value):
+                metadata[key] = value * factor
+        metadata["trace_npts"] = m
+        state_dict[self.key] = (stretched, metadata)
+
+    def __str__(self):
+        return f"TimeStretch({self.low}, {self.high})"
+
+
+class PolarityFlip:
+    """Multiply all components by -1 (a valid wavefield: first motions flip, arrivals stay)."""
+
+    def __call__(self, state_dict):
+        x, metadata = state_dict["X"]
+        state_dict["X"] = (-x, metadata)
+
+    def __str__(self):
+        return "PolarityFlip"
+
+
+class RotateHorizontals:
+    """Rotate the N and E rows of a Z, N, E window by a random angle (sensor orientation)."""
+
+    def __call__(self, state_dict):
+        x, metadata = state_dict["X"]
+        angle = np.random.uniform(0, 2 * np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        rotated = x.copy()
+        rotated[1] = c * x[1] - s * x[2]
+        rotated[2] = s * x[1] + c * x[2]
+        state_dict["X"] = (rotated, metadata)
+
+    def __str__(self):
+        return "RotateHorizontals"
+
+
 def augmentation_pipeline(
     in_samples: int,
     phase_dict: dict[str, str],
@@ -182,6 +239,7 @@ def augmentation_pipeline(
     teacher_rows: bool = False,
     window_around_picks: bool = True,
     analyst_weight: float = 0.5,
+    physical_augmentations: bool = False,
 ) -> list:
     """The EqT/LEQNet recipe as ``seisbench.generate`` steps; output keys ``X`` (3, W) and ``y`` (3, W).
 
@@ -191,6 +249,8 @@ def augmentation_pipeline(
     import seisbench.generate as sbg
 
     steps: list = []
+    if train and physical_augmentations:
+        steps.append(sbg.OneOf([TimeStretch(), sbg.NullAugmentation()], probabilities=[0.5, 0.5]))
     if train and window_around_picks and phase_dict:
         # EqT "shift event": two thirds of windows are placed around a random pick, then cropped.
         steps.append(
@@ -211,7 +271,13 @@ def augmentation_pipeline(
     steps.append(sbg.RandomWindow(windowlen=in_samples, strategy="pad"))
     if teacher_rows:
         steps.append(SplitTeacher())
-    steps += [AnalystTargets(phase_dict), CombineTargets(analyst_weight), sbg.Normalize(demean_axis=-1)]
+    steps += [AnalystTargets(phase_dict), CombineTargets(analyst_weight)]
+    if train and physical_augmentations:
+        steps += [
+            sbg.OneOf([PolarityFlip(), sbg.NullAugmentation()], probabilities=[0.5, 0.5]),
+            sbg.OneOf([RotateHorizontals(), sbg.NullAugmentation()], probabilities=[0.5, 0.5]),
+        ]
+    steps.append(sbg.Normalize(demean_axis=-1))
     if train and window_around_picks:
         # EqT's "shift event" (rate 0.99): a circular shift of waveform and labels together. It
         # moves picks even in traces exactly one window long (STEAD), where cropping cannot.
@@ -326,6 +392,47 @@ def _lightning_module_class():
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
     return PickerModule
+
+
+def _pick_f1_callback_class():
+    import lightning as L
+
+    class ValidationPickF1(L.Callback):
+        """P and S F1 of the student on analyst-labelled validation windows, after each validation.
+
+        Logged as ``val_f1_P``, ``val_f1_S``, ``val_f1`` (their mean) and ``windows_seen``, with the
+        picking rule of ``seisbench-feq evaluate`` (thresholds 0.3, 0.5 s tolerance), so that
+        checkpoints can be chosen on validation stations by what the user will see.
+        """
+
+        def __init__(self, waveforms: np.ndarray, metadata, batch_size: int):
+            self.waveforms = waveforms
+            self.metadata = metadata
+            self.batch_size = batch_size
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            from .evaluation import as_picker, score_picks
+
+            picker = as_picker(pl_module.model, progress=False)
+            row = score_picks(picker.pick_windows(self.waveforms), self.metadata)
+            f1_p, f1_s = float(row["P_f1"]), float(row["S_f1"])
+            pl_module.log("val_f1_P", f1_p)
+            pl_module.log("val_f1_S", f1_s)
+            pl_module.log("val_f1", (f1_p + f1_s) / 2, prog_bar=True)
+            pl_module.log("windows_seen", float(trainer.global_step * self.batch_size))
+
+    return ValidationPickF1
+
+
+def validation_pick_windows(ncedc_root: str, files, seeds=(0, 1, 2)):
+    """Windows of the NCEDC validation traces, one per random P position seed (stacked)."""
+    import pandas as pd
+
+    from .data import load_ncedc
+
+    names = [f if f.endswith(".npz") else f + ".npz" for f in files]
+    parts = [load_ncedc(ncedc_root, offset_seed=1000 + seed, names=names) for seed in seeds]
+    return np.concatenate([w for w, _ in parts]), pd.concat([m for _, m in parts], ignore_index=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -471,29 +578,47 @@ def load_teacher(spec: str):
     return teacher
 
 
-def teacher_probabilities(teacher, data: np.ndarray, station: str, starttime, sampling_rate: float = 100.0):
+# Sub-second shifts (samples) of the teacher's window grid that are averaged. EqT learned STEAD's
+# "P on a whole second" prior: on continuous data most of its P peaks sit at whole seconds of its
+# window grid and move with the grid, while real arrivals stay put. Averaging over shifted grids
+# keeps the real peaks and divides the grid artefacts by the number of shifts.
+TEACHER_GRID_SHIFTS = (0, 25, 50, 75)
+
+
+def teacher_probabilities(
+    teacher, data: np.ndarray, station: str, starttime, sampling_rate: float = 100.0, grid_shifts=(0,)
+):
     """The teacher's stacked (detection, P, S) over one continuous (3, T) array, via ``annotate``.
 
-    Returns float32 (3, T); NaN where the teacher gives nothing (its blinded segment edges).
+    With several ``grid_shifts`` the stream is annotated once per shift of its start (in samples)
+    and the outputs are averaged where known. Returns float32 (3, T); NaN where the teacher gives
+    nothing (its blinded segment edges).
     """
     import obspy
 
     from .data import ContinuousSegment
 
-    segment = ContinuousSegment("teacher", station, obspy.UTCDateTime(starttime), sampling_rate, data)
-    out = np.full((3, data.shape[-1]), np.nan, dtype=np.float32)
-    annotations = teacher.annotate(segment.to_stream())
-    for row, label in enumerate(teacher.labels[:3]):
-        for trace in annotations.select(channel=f"*_{label}"):
-            offset = int(round((trace.stats.starttime - segment.starttime) * sampling_rate))
-            values = trace.data.astype(np.float32)
-            lo, hi = max(offset, 0), min(offset + len(values), out.shape[-1])
-            if hi > lo:
-                out[row, lo:hi] = values[lo - offset : hi - offset]
-    return out
+    total = np.zeros((3, data.shape[-1]), dtype=np.float64)
+    count = np.zeros((3, data.shape[-1]), dtype=np.int32)
+    for shift in grid_shifts:
+        start = obspy.UTCDateTime(starttime) + shift / sampling_rate
+        segment = ContinuousSegment("teacher", station, start, sampling_rate, data[:, shift:])
+        annotations = teacher.annotate(segment.to_stream())
+        for row, label in enumerate(teacher.labels[:3]):
+            for trace in annotations.select(channel=f"*_{label}"):
+                offset = shift + int(round((trace.stats.starttime - start) * sampling_rate))
+                values = trace.data.astype(np.float64)
+                lo, hi = max(offset, 0), min(offset + len(values), total.shape[-1])
+                if hi > lo:
+                    total[row, lo:hi] += values[lo - offset : hi - offset]
+                    count[row, lo:hi] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
-def cached_teacher_probabilities(teacher, tag: str, name: str, data, station, starttime, cache_dir: Path, pbar=None):
+def cached_teacher_probabilities(
+    teacher, tag: str, name: str, data, station, starttime, cache_dir: Path, pbar=None, grid_shifts=(0,)
+):
     """:func:`teacher_probabilities` in 1 h pieces, each cached as ``cache_dir/tag/name_piece.npy``.
 
     Pieces overlap their neighbours by one window on each side so piece edges are not blinded.
@@ -514,7 +639,9 @@ def cached_teacher_probabilities(teacher, tag: str, name: str, data, station, st
             out[:, c0:c1] = np.load(path)
         else:
             a0, a1 = max(c0 - pad, 0), min(c1 + pad, total)
-            probs = teacher_probabilities(teacher, data[:, a0:a1], station, starttime + a0 / 100.0)
+            probs = teacher_probabilities(
+                teacher, data[:, a0:a1], station, starttime + a0 / 100.0, grid_shifts=grid_shifts
+            )
             out[:, c0:c1] = probs[:, c0 - a0 : c1 - a0]
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, out[:, c0:c1].astype(np.float16))
@@ -573,6 +700,7 @@ def build_distillation_sources(
     val_fraction: float = 0.1,
     max_val_windows: int = 256,
     teacher_targets: str = "soft",
+    grid_shifts=(0,),
 ):
     """Training and validation sources for distillation, plus a record of the data used.
 
@@ -606,6 +734,8 @@ def build_distillation_sources(
         raise ValueError(f"teacher_targets={teacher_targets!r}: expected 'soft' or 'picks'")
     teacher = load_teacher(teacher_spec)
     tag = Path(teacher_spec).stem.replace(".", "_")
+    if tuple(grid_shifts) != (0,):
+        tag += "_grid" + "-".join(str(int(g)) for g in grid_shifts)
     arrays, train_items, val_items = [], [], []
     info = {
         "teacher": teacher_spec,
@@ -621,7 +751,7 @@ def build_distillation_sources(
         with tqdm(total=total, desc="teacher on continuous data", unit="sample", unit_scale=True) as pbar:
             for seg in segments:
                 probs = cached_teacher_probabilities(
-                    teacher, tag, seg.name, seg.data, seg.station, seg.starttime, Path(cache_dir), pbar
+                    teacher, tag, seg.name, seg.data, seg.station, seg.starttime, Path(cache_dir), pbar, grid_shifts
                 )
                 if teacher_targets == "picks":
                     probs = teacher_pick_targets(probs)
@@ -655,7 +785,9 @@ def build_distillation_sources(
             data = record["data"][:, ZNE_FROM_ENZ].T.astype(np.float32)
             station = ".".join(_station_of(name))
             piece = f"ncedc_{name[:-4]}"
-            probs = cached_teacher_probabilities(teacher, tag, piece, data, station, "2000-01-01", Path(cache_dir))
+            probs = cached_teacher_probabilities(
+                teacher, tag, piece, data, station, "2000-01-01", Path(cache_dir), grid_shifts=grid_shifts
+            )
             if teacher_targets == "picks":
                 probs = teacher_pick_targets(probs)
             index = len(arrays)
@@ -681,6 +813,8 @@ def build_distillation_sources(
                     info["ncedc_train_stations"].append(station)
         info["ncedc_train_stations"].sort()
         info["ncedc_val_stations"] = sorted({i["station"] for i in val_items if i["kind"] == "ncedc_val"})
+        info["ncedc_val_files"] = sorted(i["trace_name"] for i in val_items if i["kind"] == "ncedc_val")
+        info["teacher_grid_shifts"] = [int(g) for g in grid_shifts]
 
     train = pd.DataFrame(train_items)
     val = pd.DataFrame(val_items)
@@ -733,7 +867,8 @@ def _command_line(args) -> str:
         if isinstance(action, argparse._StoreTrueAction):
             parts.append(action.option_strings[-1])
         else:
-            parts += [action.option_strings[-1], str(value)]
+            text = ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+            parts += [action.option_strings[-1], text]
     return shlex.join(parts)
 
 
@@ -839,6 +974,7 @@ def train(args) -> int:
     init_info = warm_start(model, args.init) if args.init else None
 
     data_info: dict = {}
+    val_windows = None
     if args.distill:
         train_source, weights, val_source, data_info = build_distillation_sources(
             args.teacher,
@@ -849,15 +985,18 @@ def train(args) -> int:
             ncedc_test_fraction=args.ncedc_test_fraction,
             split_seed=args.split_seed,
             teacher_targets=args.teacher_targets,
+            grid_shifts=args.teacher_grid_shifts,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
         train_gen = sbg.GenericGenerator(train_source)
         train_gen.add_augmentations(
             augmentation_pipeline(
                 args.in_samples, phase_dict, train=True, teacher_rows=True, window_around_picks=False,
-                analyst_weight=args.analyst_weight,
+                analyst_weight=args.analyst_weight, physical_augmentations=args.physical_augmentations,
             )
         )
+        if data_info.get("ncedc_val_files"):
+            val_windows = validation_pick_windows(args.ncedc_root, data_info["ncedc_val_files"])
         val_gen = sbg.GenericGenerator(val_source)
         val_gen.add_augmentations(
             augmentation_pipeline(args.in_samples, phase_dict, train=False, teacher_rows=True)
@@ -889,10 +1028,19 @@ def train(args) -> int:
     module = _lightning_module_class()(
         model, lr=args.lr, pos_weight=args.pos_weight, plateau_patience=args.plateau_patience
     )
+    callbacks = []
+    if val_windows is not None:
+        callbacks.append(_pick_f1_callback_class()(*val_windows, batch_size=args.batch_size))
+    monitor = "val_f1" if args.select_on == "f1" and val_windows is not None else "val_loss"
+    mode = "max" if monitor == "val_f1" else "min"
     checkpoint = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best-{epoch}-{val_loss:.4f}", monitor="val_loss", save_last=True
+        dirpath=out / "checkpoints",
+        filename="best-{epoch}-{" + monitor + ":.4f}",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
     )
-    callbacks = [checkpoint, EarlyStopping(monitor="val_loss", patience=args.patience)]
+    callbacks += [checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=args.patience)]
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -912,12 +1060,13 @@ def train(args) -> int:
 
     best = checkpoint.best_model_path
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     elapsed = time.time() - started
     summary = {
         "best_checkpoint": best,
-        "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "selected_on": monitor,
+        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "wall_minutes": round(elapsed / 60, 2),
@@ -957,6 +1106,8 @@ def train(args) -> int:
                     "train_window_samples": args.in_samples,
                     "analyst_weight": args.analyst_weight if args.distill else 1.0,
                     "teacher_targets": args.teacher_targets if args.distill else None,
+                    "teacher_grid_shifts": list(args.teacher_grid_shifts) if args.distill else None,
+                    "physical_augmentations": bool(args.physical_augmentations),
                 },
                 **summary,
             },
@@ -1008,6 +1159,18 @@ def add_subcommands(subparsers) -> None:
         help="learn the teacher's probabilities, or its picks as Gaussian labels (sigma 10)",
     )
     dist.add_argument("--cache-dir", default="local/teacher_cache", help="teacher-probability cache")
+    dist.add_argument(
+        "--teacher-grid-shifts",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        default=(0,),
+        help="comma-separated sub-second shifts (samples) of the teacher's window grid to average, "
+        "e.g. 0,25,50,75 (removes EqT's whole-second artefacts)",
+    )
+    dist.add_argument(
+        "--physical-augmentations",
+        action="store_true",
+        help="also time stretch, polarity flip and rotation of the horizontals",
+    )
     run = p.add_argument_group("run")
     run.add_argument("--out", default="local/runs/train", help="checkpoints, CSV logs, summary")
     run.add_argument("--batch-size", type=int, default=16)
@@ -1023,6 +1186,12 @@ def add_subcommands(subparsers) -> None:
     run.add_argument("--max-steps", type=int, default=0, help="0: no limit")
     run.add_argument("--max-minutes", type=float, default=0, help="wall-clock budget; 0: no limit")
     run.add_argument("--patience", type=int, default=5, help="early stopping, in epochs")
+    run.add_argument(
+        "--select-on",
+        choices=["loss", "f1"],
+        default="loss",
+        help="checkpoint choice: validation loss, or P/S F1 on the NCEDC validation stations",
+    )
     run.add_argument(
         "--plateau-patience", type=int, default=0, help="halve the lr after N epochs without val progress; 0: off"
     )
