@@ -16,8 +16,8 @@ the original Keras file in ../shared/weights when ``seisbench_feq.convert`` can 
 both fall back to random weights (with a fixed seed); the timing of a forward pass does not
 depend on the weights, only the number of picks does.
 
-    /work/venv/bin/python benchmarks/bench_archive.py            # full run (several minutes)
-    /work/venv/bin/python benchmarks/bench_archive.py --hours 1  # quick check
+    python benchmarks/bench_archive.py            # full run (several minutes)
+    python benchmarks/bench_archive.py --hours 1  # quick check
 """
 
 from __future__ import annotations

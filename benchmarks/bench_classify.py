@@ -25,8 +25,8 @@ Weights: random (seeded) for the timing (the time of a forward pass does not dep
 RSS run gives the light models their shipped default weights (``--rss-weights``): how much
 the pick extraction allocates depends on the outputs.
 
-    /work/venv/bin/python benchmarks/bench_classify.py --hours 24 --repeats 3 --profile --rss
-    /work/venv/bin/python benchmarks/bench_classify.py --hours 1 --repeats 1     # quick check
+    python benchmarks/bench_classify.py --hours 24 --repeats 3 --profile --rss
+    python benchmarks/bench_classify.py --hours 1 --repeats 1     # quick check
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def build_model(name: str, backend: str = "fused", weights: str = "random"):
 
         return sbm.EQTransformer().eval()
     import seisbench_feq
-    from seisbench_feq.inference import set_inference_backend
+    from seisbench_feq.models.backends import set_inference_backend
 
     cls = seisbench_feq.MODELS[name]
     shipped = weights == "shipped" and "default" in cls.list_pretrained()

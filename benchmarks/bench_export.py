@@ -10,7 +10,7 @@ form it runs in:
 - ``torchscript`` (traced compact graph);
 
 the table gives the file size, the bytes of the stored weights (ONNX initializers / tensors in
-the state dict), FLOPs per window (``seisbench_feq.flops``, 2 x multiply-accumulates of the
+the state dict), FLOPs per window (``seisbench_feq.models.costs``, 2 x multiply-accumulates of the
 network itself, the same for every form) and ms per window: median of ``--repeats`` timed
 batches of ``--batch`` real windows, CPU time of this process with one thread (ONNX Runtime and
 PyTorch both pinned to one intra-op thread), SeisBench's EQTransformer in the same run for scale.
@@ -19,7 +19,7 @@ PyTorch both pinned to one intra-op thread), SeisBench's EQTransformer in the sa
 0.5 s tolerance) for fp32 and int8 ONNX of FEQ3's shipped weights and of the converted original
 LEQNet (trained, local only).
 
-    /work/venv/bin/python benchmarks/bench_export.py --f1
+    python benchmarks/bench_export.py --f1
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def cpu_ms_per_window(fn, batch, repeats: int) -> float:
 def torch_runner(model, backend: str):
     import torch
 
-    from seisbench_feq.inference import set_inference_backend
+    from seisbench_feq.models.backends import set_inference_backend
 
     if hasattr(model, "inference_backend"):
         set_inference_backend(model, backend)
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
 
     import seisbench_feq
     from seisbench_feq.export import export_onnx, export_torchscript, initializer_bytes
-    from seisbench_feq.flops import flops_per_window
+    from seisbench_feq.models.costs import flops_per_window
 
     torch.set_num_threads(1)
     batch = real_windows(args.batch)

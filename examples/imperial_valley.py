@@ -1,22 +1,18 @@
-"""Imperial Valley, 2020-10-01/02: associate real PhaseNet picks, export QuakeML, compare with SCSN.
+"""Imperial Valley, 2020-10-01/02: associate real PhaseNet picks, locate, ML, QuakeML, compare with SCSN.
 
-The data are in ``../shared/data/imperial_valley`` (PhaseNet picks of 16 CI stations over 48 h and
-the Southern California Seismic Network catalog, from the GaMMA test data). Nothing of it is
-copied into the project; the report holds only aggregate numbers and figures.
+The data are in ``../shared/data/imperial_valley`` (PhaseNet picks of 16 CI stations over 48 h, the
+stations' coordinates, and the Southern California Seismic Network catalog, from the GaMMA test
+data). Nothing of it is copied into the project; the report holds only aggregate numbers and figures.
 
-The shared ``stations.csv`` is empty (0 bytes), so the station coordinates come from
-``catalogs/imperial_valley/stations_estimated.csv``: each station is located from its own picks
-and the SCSN hypocentres (a grid search for the site whose predicted P and S arrivals, in the same
-1-D model used for association, match the most picks). ``--estimate-stations`` regenerates that
-table. When a non-empty station file is given with ``--stations`` it is used instead.
+Run (several minutes for the 48 h on a 2-core CPU; about a third of it is writing and re-reading QuakeML)::
 
-Run (about 8 minutes for the 48 h on a busy 2-core CPU, half of it writing and re-reading QuakeML)::
+    python examples/imperial_valley.py                       # 48 h; report into imperial_valley_output/
+    python examples/imperial_valley.py --hours 1 --out /tmp/iv    # a quick look
+    python examples/imperial_valley.py --out docs/imperial_valley # regenerate the report in the docs
+    python examples/imperial_valley.py --wadati 6            # measure Vp/Vs on the first 6 h
+    python examples/imperial_valley.py --sweep 2             # parameter choices on the first 2 h
 
-    python examples/imperial_valley.py                      # report into docs/imperial_valley/
-    python examples/imperial_valley.py --hours 1 --out /tmp/iv   # a quick look
-    python examples/imperial_valley.py --wadati 6           # measure Vp/Vs on the first 6 h
-    python examples/imperial_valley.py --sweep 2            # parameter choices on the first 2 h
-    python examples/imperial_valley.py --estimate-stations  # regenerate the station estimate
+Everything is written below ``--out`` (report, figures, ``catalog.xml``, ``events.csv``).
 """
 
 from __future__ import annotations
@@ -36,90 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from seisbench_feq import catalog  # noqa: E402
-from seisbench_feq.catalog_report import write_report  # noqa: E402
+from seisbench_feq.catalog.report import write_report  # noqa: E402
 
 # ../shared beside the checkout, or wherever SEISBENCH_FEQ_SHARED points (as for the tests and benchmarks)
 SHARED = Path(os.environ.get("SEISBENCH_FEQ_SHARED", ROOT.parent / "shared")) / "data" / "imperial_valley"
-ESTIMATED_STATIONS = ROOT / "catalogs" / "imperial_valley" / "stations_estimated.csv"
-OUR_EVENTS = ROOT / "catalogs" / "imperial_valley" / "phasenet_pyocto_events.csv"
-DEFAULT_QUAKEML = ROOT / "runs" / "imperial_valley" / "catalog.xml"  # ~20 MB for 48 h: not committed
+STATIONS = SHARED / "stations.csv"
+DEFAULT_OUT = ROOT / "imperial_valley_output"  # outside docs/: a default run never rewrites tracked files
 logger = logging.getLogger("imperial_valley")
 # Effective Vp/Vs of the Imperial Valley picks: 1 + median of (ts - tp) / (tp - t0) over matched
 # events (t0 from SCSN); `--wadati` measures it (1.80). The classic Wadati slope is lower (1.64)
 # with a ~0.9 s S-P intercept: the basin's sediments delay S at every station. One Vp/Vs cannot
 # model both; 1.80 centres both P and S residuals on zero and gives the best depths (docs/catalog.md).
 VP_VS = 1.80
-
-
-# ----------------------------------------------------------------------------------------------
-# Station coordinates from picks and reference hypocentres
-# ----------------------------------------------------------------------------------------------
-
-
-def estimate_stations(picks: pd.DataFrame, events: pd.DataFrame, layers=catalog.SOCAL_MODEL,
-                      vp_vs_ratio: float = VP_VS, min_magnitude: float = 1.0, stations=None,
-                      search_km: float = 90.0) -> pd.DataFrame:
-    """Locate each station from its picks and known hypocentres.
-
-    For a trial site, every reference event predicts a P and an S arrival (1-D model, event at its
-    catalog depth, station at sea level); each prediction scores ``1 - |r| / tolerance`` for the
-    nearest pick at ``|r|`` seconds (0 beyond the tolerance). A coarse grid (3 km,
-    +-``search_km``, 0.5 s) is refined twice (0.5 km and 0.1 km, 0.3 s). Returns ``id, latitude,
-    longitude, elevation`` (0: unknown) and the fraction of predicted arrivals with a pick within 0.3 s.
-    """
-    from pyproj import CRS, Transformer
-
-    ev = events[events["magnitude"].fillna(0) >= min_magnitude].dropna(subset=["latitude", "longitude", "depth_km"])
-    lat0, lon0 = ev["latitude"].median(), ev["longitude"].median()
-    crs = CRS(f"+proj=tmerc +lat_0={lat0} +lon_0={lon0} +units=km")
-    ex, ey = Transformer.from_crs(CRS.from_epsg(4326), crs).transform(ev["latitude"].to_numpy(), ev["longitude"].to_numpy())
-    ez, et = ev["depth_km"].to_numpy(), catalog._seconds(ev["time"])
-    dx, dz = 0.1, 0.25
-    xs, zs = np.arange(0, 2 * search_km * 1.5, dx), np.arange(0, ez.max() + 2 * dz, dz)
-    tables = {ph: catalog.layered_travel_times(layers, xs, zs, ph, vp_vs_ratio) for ph in "PS"}
-    iz = np.clip(np.round(ez / dz).astype(int), 0, len(zs) - 1)
-
-    def score(gx, gy, obs, tol):
-        dist = np.hypot(gx[:, None] - ex[None], gy[:, None] - ey[None])
-        ix = np.clip(np.round(dist / dx).astype(int), 0, len(xs) - 1)
-        total = np.zeros(len(gx))
-        for ph in "PS":
-            o = obs[ph]
-            if len(o) < 2:
-                continue
-            pred = et[None] + tables[ph][ix, iz[None]]
-            k = np.clip(np.searchsorted(o, pred), 1, len(o) - 1)
-            r = np.minimum(np.abs(o[k] - pred), np.abs(o[k - 1] - pred))
-            # triangular kernel: a plain count is flat wherever every pick is within the tolerance
-            total += np.clip(1.0 - r / tol, 0.0, None).sum(axis=1)
-        return total
-
-    rows = []
-    ids = stations if stations is not None else sorted(picks["station"].unique())
-    for sid in ids:
-        g = picks[picks["station"] == sid]
-        obs = {ph: np.sort(catalog._seconds(g.loc[g["phase"] == ph, "time"])) for ph in "PS"}
-        best = (0.0, 0.0)
-        for step, half, tol in ((3.0, search_km, 0.5), (0.5, 4.0, 0.3), (0.1, 1.0, 0.3)):
-            grid = np.arange(-half, half + 1e-9, step)
-            gx, gy = (a.ravel() for a in np.meshgrid(best[0] + grid, best[1] + grid))
-            s = np.concatenate([score(gx[i:i + 1500], gy[i:i + 1500], obs, tol) for i in range(0, len(gx), 1500)])
-            best = (gx[np.argmax(s)], gy[np.argmax(s)])
-        dist = np.hypot(best[0] - ex, best[1] - ey)
-        ix = np.clip(np.round(dist / dx).astype(int), 0, len(xs) - 1)
-        hits = 0
-        for ph in "PS":
-            o = obs[ph]
-            if len(o) >= 2:
-                pred = et + tables[ph][ix, iz]
-                k = np.clip(np.searchsorted(o, pred), 1, len(o) - 1)
-                hits += int((np.minimum(np.abs(o[k] - pred), np.abs(o[k - 1] - pred)) < 0.3).sum())
-        rows.append((sid, *best, hits / (2 * len(ex))))
-        logger.info("station %s: x=%.1f y=%.1f km, %.0f%% of predicted arrivals have a pick within 0.3 s", sid, *best, 100 * rows[-1][-1])
-    out = pd.DataFrame(rows, columns=["id", "x", "y", "matched_fraction"])
-    lat, lon = Transformer.from_crs(crs, CRS.from_epsg(4326)).transform(out["x"].to_numpy(), out["y"].to_numpy())
-    return pd.DataFrame({"id": out["id"], "latitude": np.round(lat, 5), "longitude": np.round(lon, 5),
-                         "elevation": 0.0, "matched_fraction": np.round(out["matched_fraction"], 3)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,24 +63,24 @@ def run(out_dir: Path, hours: float | None = None, stations_path: Path | None = 
     start = picks["time"].min().floor("h")
     end = picks["time"].max().ceil("h") if hours is None else start + pd.Timedelta(hours=hours)
     picks = picks[(picks["time"] >= start) & (picks["time"] < end)].reset_index(drop=True)
-    stations_path = Path(stations_path) if stations_path else _default_stations()
+    stations_path = Path(stations_path) if stations_path else STATIONS
     t_read = time.perf_counter() - t_start
 
     cpu0 = time.process_time()
     assoc_params.setdefault("vp_vs_ratio", VP_VS)
     result = catalog.associate(picks, stations_path, picker="PhaseNet", n_threads=threads, **assoc_params)
     cpu_association = time.process_time() - cpu0
-    quakeml = Path(quakeml) if quakeml else DEFAULT_QUAKEML
+    quakeml = Path(quakeml) if quakeml else out_dir / "catalog.xml"
     t0 = time.perf_counter()
-    catalog.write_quakeml(result, quakeml, pick_uncertainty=None, channel_prefix="HH")
+    catalog.write_quakeml(result, quakeml)
     t_quakeml = time.perf_counter() - t0
-    if events_csv:
-        cols = ["event_id", "time", "latitude", "longitude", "depth_km", "n_picks", "n_p_picks", "n_s_picks",
-                "n_stations", "rms_residual_s", "azimuthal_gap", "min_distance_km"]
-        table = result.events[cols].copy()
-        numeric = table.select_dtypes("number").columns
-        table[numeric] = table[numeric].round(5)
-        table.to_csv(events_csv, index=False)
+    events_csv = Path(events_csv) if events_csv else out_dir / "events.csv"
+    cols = ["event_id", "time", "latitude", "longitude", "depth_km", "magnitude", "magnitude_type", "n_picks",
+            "n_p_picks", "n_s_picks", "n_stations", "rms_residual_s", "azimuthal_gap", "min_distance_km"]
+    table = result.events.reindex(columns=cols).copy()
+    numeric = table.select_dtypes("number").columns
+    table[numeric] = table[numeric].round(5)
+    table.to_csv(events_csv, index=False)
     # check the export: the QuakeML read back must give the same events
     t0 = time.perf_counter()
     comparison = catalog.compare(quakeml, reference, start=start, end=end)
@@ -173,6 +97,11 @@ def run(out_dir: Path, hours: float | None = None, stations_path: Path | None = 
         matched_m15=int((comparison.matches["magnitude"] >= 1.5).sum()),
         runtime_association=result.runtime_s, cpu_association=cpu_association, runtime_read=t_read,
         runtime_quakeml=t_quakeml, runtime_compare=t_compare,
+        events_with_ml=int(result.events["magnitude"].notna().sum()) if "magnitude" in result.events else 0,
+        ml_minus_scsn_median=float(np.median(comparison.magnitude_differences())) if len(comparison.magnitude_differences()) else float("nan"),
+        ml_minus_scsn_mad=(float(np.median(np.abs(comparison.magnitude_differences() - np.median(comparison.magnitude_differences()))))
+                           if len(comparison.magnitude_differences()) else float("nan")),
+        precision_our_ml15=comparison.precision_by_our_magnitude(1.5),
     )
     preamble = _preamble(numbers, result, stations_path, quakeml)
     write_report(comparison, out_dir, title="Imperial Valley, 2020-10-01/02: PhaseNet picks + PyOcto vs the SCSN catalog",
@@ -201,7 +130,7 @@ def sweep(hours: float = 2.0, threads: int | None = 1, stations_path: Path | Non
     start = picks["time"].min().floor("h")
     end = start + pd.Timedelta(hours=hours)
     picks = picks[picks["time"] < end]
-    stations = catalog.read_stations(stations_path or _default_stations())
+    stations = catalog.read_stations(stations_path or STATIONS)
     lines = [
         "| parameters | events | precision | recall | recall M>=1.5 | origin time median (s) | epicentre median (km) | depth median (km) | CPU (s) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -229,14 +158,14 @@ def wadati(hours: float = 6.0, threads: int | None = 1) -> str:
     reference = catalog.read_catalog(SHARED / "events.csv", name="SCSN")
     start = picks["time"].min().floor("h")
     picks = picks[picks["time"] < start + pd.Timedelta(hours=hours)]
-    result = catalog.associate(picks, _default_stations(), n_threads=threads)
+    result = catalog.associate(picks, STATIONS, n_threads=threads)
     cmp = catalog.compare(result, reference, start=start, end=start + pd.Timedelta(hours=hours))
-    t0 = dict(zip(cmp.matches["our_event_id"], catalog._seconds(pd.Series(cmp.matches["ref_time"]))))
+    t0 = dict(zip(cmp.matches["our_event_id"], catalog.seconds(pd.Series(cmp.matches["ref_time"]))))
     both = result.picks.pivot_table(index=["event_id", "station"], columns="phase", values="time", aggfunc="first").dropna()
     both = both.reset_index()
     both = both[both["event_id"].isin(t0)]
-    tp = catalog._seconds(both["P"]) - both["event_id"].map(t0).to_numpy()
-    sp = catalog._seconds(both["S"]) - catalog._seconds(both["P"])
+    tp = catalog.seconds(both["P"]) - both["event_id"].map(t0).to_numpy()
+    sp = catalog.seconds(both["S"]) - catalog.seconds(both["P"])
     ok = tp > 0.3
     slope, intercept = np.polyfit(tp[ok], sp[ok], 1)
     classic, n = catalog.wadati_vp_vs(result.picks)
@@ -246,26 +175,25 @@ def wadati(hours: float = 6.0, threads: int | None = 1) -> str:
             f"classic Wadati (per-event intercepts, no origin times): Vp/Vs = {classic:.3f} ({n} pairs)")
 
 
-def _default_stations() -> Path:
-    shared = SHARED / "stations.csv"
-    if shared.exists() and shared.stat().st_size > 0:
-        return shared
-    logger.info("%s is empty; using the estimated coordinates in %s", shared, ESTIMATED_STATIONS)
-    return ESTIMATED_STATIONS
-
-
 def _preamble(n: dict, result, stations_path: Path, quakeml: Path) -> str:
     p = result.parameters
     try:
-        stations_label = stations_path.resolve().relative_to(ROOT)
+        stations_label = stations_path.resolve().relative_to(ROOT.parent)
+        stations_label = f"../{stations_label}"
     except ValueError:
-        stations_label = stations_path
+        stations_label = stations_path.name
+    ml = ""
+    if n["events_with_ml"]:
+        ml = (f"| events with ML ({p.get('magnitude', 'ML')}) | {n['events_with_ml']} |\n"
+              f"| ML minus SCSN magnitude, matched events: median / MAD | {n['ml_minus_scsn_median']:+.2f} / {n['ml_minus_scsn_mad']:.2f} |\n"
+              f"| precision among our events with ML >= 1.5 | {n['precision_our_ml15']:.3f} |\n")
     return f"""Picks: PhaseNet, 16 CI stations, {n['span']}; reference: the SCSN catalog of the same span
-(`../shared/data/imperial_valley/`, GaMMA test data). Station coordinates: `{stations_label}`
-(estimated from the picks and the SCSN hypocentres, because the shared `stations.csv` is empty).
+(`../shared/data/imperial_valley/`, GaMMA test data). Station coordinates and elevations: `{stations_label}`
+(the 16 stations' own coordinates).
 Association and location: PyOcto, velocity model {p['velocity_model_name']}, Vp/Vs {p['vp_vs_ratio']} (measured, see `docs/catalog.md`),
 tolerance {p['tolerance']} s, at least {p['min_p_picks']} P, {p['min_s_picks']} S, {p['min_picks']} picks and
-{p['min_p_and_s_stations']} stations with both P and S. QuakeML written to `{quakeml.name}`.
+{p['min_p_and_s_stations']} stations with both P and S. Local magnitudes from PhaseNet's peak velocities
+(`seisbench_feq.catalog.magnitude`). QuakeML written to `{quakeml.name}`.
 
 | | value |
 |---|---|
@@ -275,7 +203,7 @@ tolerance {p['tolerance']} s, at least {p['min_p_picks']} P, {p['min_s_picks']} 
 | recall, all | {n['recall']:.3f} |
 | recall, M >= 1.5 | {n['recall_m15']:.3f} ({n['matched_m15']} of {n['reference_m15']}) |
 | precision, M >= 1.5 (lower bound) | {n['precision_m15']:.3f} |
-| association + location: wall time / CPU time | {n['runtime_association']:.1f} s / {n['cpu_association']:.1f} s |
+{ml}| association + location + ML: wall time / CPU time | {n['runtime_association']:.1f} s / {n['cpu_association']:.1f} s |
 | reading the picks | {n['runtime_read']:.1f} s |
 | writing QuakeML / reading it back and comparing | {n['runtime_quakeml']:.1f} s / {n['runtime_compare']:.1f} s |
 
@@ -287,31 +215,20 @@ real small events (see `docs/catalog.md`), so it is a lower bound.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "imperial_valley"), help="report folder (default %(default)s)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="folder for the report, figures, catalog.xml and events.csv (default: imperial_valley_output/)")
     parser.add_argument("--hours", type=float, help="only the first HOURS of the 48 h (default: all)")
-    parser.add_argument("--stations", help="station table (default: shared stations.csv if non-empty, else the estimated one)")
-    parser.add_argument("--quakeml", help=f"QuakeML path (default {DEFAULT_QUAKEML.relative_to(ROOT)})")
-    parser.add_argument("--events-csv", help=f"our events as CSV (default for the full 48 h: {OUR_EVENTS.relative_to(ROOT)})")
+    parser.add_argument("--stations", help="station table (default: ../shared/data/imperial_valley/stations.csv)")
+    parser.add_argument("--quakeml", help="QuakeML path (default: OUT/catalog.xml)")
+    parser.add_argument("--events-csv", help="our events as CSV (default: OUT/events.csv)")
     parser.add_argument("--threads", type=int, help="PyOcto threads (default: all cores)")
     parser.add_argument("--resume-dir", help="keep finished hour blocks here and resume from them on a rerun")
-    parser.add_argument("--estimate-stations", action="store_true",
-                        help=f"re-estimate station coordinates into {ESTIMATED_STATIONS.relative_to(ROOT)} and stop")
     parser.add_argument("--sweep", type=float, metavar="HOURS",
                         help="compare parameter choices on the first HOURS (one at a time) and stop")
     parser.add_argument("--wadati", type=float, metavar="HOURS", help="measure Vp/Vs on the first HOURS and stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyocto").setLevel(logging.WARNING)
-
-    if args.estimate_stations:
-        picks = catalog.read_picks(SHARED / "picks.csv")
-        events = catalog.read_catalog(SHARED / "events.csv").events
-        table = estimate_stations(picks, events)
-        ESTIMATED_STATIONS.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(ESTIMATED_STATIONS, index=False)
-        print(table.to_string(index=False))
-        print(f"wrote {ESTIMATED_STATIONS}")
-        return 0
 
     if args.wadati:
         print(wadati(args.wadati, args.threads or 1))
@@ -320,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(sweep(args.sweep, args.threads or 1, args.stations))
         return 0
 
-    events_csv = args.events_csv or (OUR_EVENTS if args.hours is None else None)
-    numbers = run(Path(args.out), args.hours, args.stations, args.quakeml, args.threads, events_csv,
+    numbers = run(Path(args.out), args.hours, args.stations, args.quakeml, args.threads, args.events_csv,
                   checkpoint_dir=args.resume_dir)
     for key, value in numbers.items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SAMPLING_RATE = 100.0
-NCEDC_COLUMNS_ENZ = ("E", "N", "Z")  # column order of the npz "data" array
 ZNE_FROM_ENZ = [2, 1, 0]  # npz column index for each output row Z, N, E
 
 
@@ -47,8 +46,9 @@ def ncedc_p_offset(file_name: str) -> int:
     return 500 + zlib.crc32(file_name.encode()) % 2000
 
 
-def _ncedc_files(root: Path) -> list[str]:
+def ncedc_files(root: str | Path) -> list[str]:
     """npz names in ``root``: from ``waveform.csv`` when present (the published list), else a glob."""
+    root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"NCEDC folder {root} does not exist")
     csv = root / "waveform.csv"
@@ -139,7 +139,7 @@ def load_ncedc(
     the windows to those npz files (default: all of ``waveform.csv``).
     """
     root = Path(root)
-    names = _ncedc_files(root) if names is None else list(names)
+    names = ncedc_files(root) if names is None else list(names)
     waveforms = np.zeros((len(names), 3, window_samples), dtype=np.float32)
     rows = []
     for i, name in enumerate(names):
@@ -201,7 +201,7 @@ def load_ncedc_noise(
     :func:`load_ncedc` (``p_sample``/``s_sample`` are NaN) plus ``real_samples``.
     """
     root = Path(root)
-    names = _ncedc_files(root)
+    names = ncedc_files(root)
     out_len = pad_to or window_samples
     if out_len < window_samples:
         raise ValueError(f"pad_to={pad_to} is shorter than window_samples={window_samples}")

@@ -18,7 +18,7 @@ Graphs (``--graph``):
     The network as trained: the file holds the model's parameters and BatchNorm statistics and
     nothing else, the smallest to ship.
 ``fused``
-    The fused inference graph of :mod:`seisbench_feq.inference` (polyphase decoders). Its
+    The fused inference graph of :mod:`seisbench_feq.models.fast` (polyphase decoders). Its
     precomputed decoder weights are larger than the parameters; in ONNX Runtime it is faster
     than ``compact`` but slower than PyTorch's fused path (``docs/performance.md``).
 
@@ -39,26 +39,26 @@ Int8 (``--int8``, ONNX only):
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from .inference import _cached_fused_weights, _transformer, additive_attention, fused_forward, use_backend
-from .models import MODELS, preprocess_windows
+from .models import preprocess_windows
+from .models.backends import DEFAULT_OPSET, GRAPHS, ExportError, ExportGraph, onnx_bytes, use_backend
+from .models.fast import compact_forward
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ExportGraph",
+    "ExportError",
     "export_onnx",
     "export_torchscript",
     "onnx_bytes",
+    "compact_forward",
     "quantize_weights_int8",
     "quantize_dynamic_int8",
     "onnx_session",
@@ -66,98 +66,12 @@ __all__ = [
     "initializer_bytes",
     "max_abs_difference",
     "DEFAULT_OPSET",
+    "FORMATS",
+    "GRAPHS",
+    "INT8_MODES",
 ]
 
-DEFAULT_OPSET = 17
 FORMATS = ("onnx", "torchscript")
-GRAPHS = ("compact", "fused")
-
-
-class ExportError(RuntimeError):
-    """An export or its verification failed."""
-
-
-class ExportGraph(nn.Module):
-    """The traced module: raw (or normalised) windows -> (Detection, P, S) probabilities (or logits)."""
-
-    def __init__(self, model, graph: str = "compact", normalize: bool = True, logits: bool = False):
-        super().__init__()
-        if graph not in GRAPHS:
-            raise ValueError(f"graph={graph!r}: expected one of {GRAPHS}")
-        self.model, self.graph, self.normalize, self.logits = model, graph, normalize, logits
-        if graph == "fused":
-            _cached_fused_weights(model)  # computed now, so the trace stores them as constants
-
-    def forward(self, waveforms: torch.Tensor):
-        x = preprocess_windows(self.model, waveforms) if self.normalize else waveforms
-        if self.graph == "fused":
-            outputs = fused_forward(self.model, x, logits=True)
-        else:
-            outputs = compact_forward(self.model, x)
-        return tuple(y if self.logits else torch.sigmoid(y) for y in outputs)
-
-
-def compact_forward(model, x):
-    """The plain network, written with export-friendly attention (same outputs, logits)."""
-    h = model.encoder(x)
-    h = model.res_stack(h)
-    h = model.rnn_stack(h)
-    h = _transformer(model.transformer_d0, h)
-    h = _transformer(model.transformer_d, h)
-    outputs = [model.decoders[0](h)]
-    for rnn, attention, decoder in zip(model.pick_rnns, model.pick_attentions, model.decoders[1:]):
-        px = rnn(h.permute(2, 0, 1))[0].permute(1, 2, 0)
-        outputs.append(decoder(additive_attention(attention, px)))
-    return tuple(outputs)
-
-
-def _output_names(model) -> list[str]:
-    return [str(label) for label in model.labels]
-
-
-def onnx_bytes(
-    model,
-    graph: str = "fused",
-    normalize: bool = False,
-    logits: bool = True,
-    opset: int = DEFAULT_OPSET,
-    batch: int = 2,
-) -> bytes:
-    """The model as an in-memory ONNX file (used by the ``onnxruntime`` inference backend)."""
-    if opset < 17:
-        raise ValueError(f"opset {opset}: the export needs opset >= 17")
-    if normalize and getattr(model, "highpass", None):
-        raise ExportError(
-            f"{model.name} high-passes each window ({model.highpass} Hz) before normalising, and the "
-            "ONNX exporter has no FFT: export with normalize=False (CLI: --no-normalize) and feed windows "
-            "through seisbench_feq.models.preprocess_windows(model, windows)"
-        )
-    wrapper = ExportGraph(model, graph=graph, normalize=normalize, logits=logits).eval()
-    was_training = model.training
-    model.eval()
-    names = _output_names(model)
-    dummy = torch.randn(batch, model.in_channels, model.in_samples)
-    buffer = io.BytesIO()
-    try:
-        with torch.no_grad():
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer warnings about Python scalars
-                torch.onnx.export(
-                    wrapper,
-                    (dummy,),
-                    buffer,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=["waveforms"],
-                    output_names=names,
-                    dynamic_axes={"waveforms": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                    do_constant_folding=True,
-                )
-    finally:
-        model.train(was_training)
-    return buffer.getvalue()
 
 
 INT8_MODES = ("weights", "dynamic")
@@ -367,98 +281,3 @@ def max_abs_difference(model, path: str | Path, waveforms: np.ndarray, normalize
             x = preprocess_windows(model, x)
         ref = torch.stack(model.eval()(x), dim=1).numpy()
     return float(np.abs(onnx_out - ref).max())
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def _load(spec: str, weights: str | None):
-    key = spec.lower()
-    if key not in MODELS:
-        raise SystemExit(f"seisbench-feq export: unknown model {spec!r}; choose from {sorted(MODELS)}")
-    cls = MODELS[key]
-    if weights is None:
-        if "default" in cls.list_pretrained():
-            return cls.from_pretrained("default"), "default"
-        logger.warning(f"{cls.__name__} has no shipped weights: exporting random weights (plumbing only)")
-        return cls(), "random"
-    if weights == "random":
-        return cls(), "random"
-    path = Path(weights)
-    if path.suffix in (".json", ".pt") or path.with_suffix(".json").exists() or path.with_suffix(".pt").exists():
-        stem = path.with_suffix("") if path.suffix in (".json", ".pt") else path
-        return cls.load(str(stem)), str(stem)
-    return cls.from_pretrained(weights), weights
-
-
-def _cli_export(args) -> int:
-    model, weights = _load(args.model, args.weights)
-    model.eval()
-    out = Path(args.out)
-    if args.format == "onnx" and model.highpass and not args.no_normalize:
-        print(
-            f"note: {model.name} high-passes each window ({model.highpass} Hz) before normalising, which "
-            "ONNX cannot express; the graph takes pre-processed windows "
-            "(seisbench_feq.models.preprocess_windows), as with --no-normalize"
-        )
-        args.no_normalize = True
-    if args.format == "torchscript":
-        if args.int8:
-            raise SystemExit("seisbench-feq export: --int8 applies to --format onnx only")
-        export_torchscript(model, out, graph=args.graph, normalize=not args.no_normalize, logits=args.logits)
-        print(f"{model.name} ({weights} weights) -> {out} (TorchScript, {out.stat().st_size / 1024:.1f} KiB)")
-        return 0
-    export_onnx(
-        model,
-        out,
-        graph=args.graph,
-        normalize=not args.no_normalize,
-        logits=args.logits,
-        opset=args.opset,
-        int8=args.int8,
-        int8_mode=args.int8_mode,
-    )
-    kind = f"int8 {args.int8_mode}" if args.int8 else "fp32"
-    line = (
-        f"{model.name} ({weights} weights) -> {out} (ONNX opset {args.opset}, {kind}, {args.graph} graph, "
-        f"{out.stat().st_size / 1024:.1f} KiB file, {initializer_bytes(out) / 1024:.1f} KiB weights)"
-    )
-    if not args.no_check:
-        rng = np.random.default_rng(0)
-        windows = rng.standard_normal((4, model.in_channels, model.in_samples)).astype(np.float32) * 1000
-        diff = max_abs_difference(model, out, windows, normalize=not args.no_normalize)
-        tolerance = 1e-4 if not args.int8 else math.inf
-        line += f"; max |ONNX Runtime - PyTorch| = {diff:.2e}"
-        if diff > tolerance:
-            print(line)
-            raise SystemExit(f"seisbench-feq export: ONNX output differs from PyTorch by {diff:.2e} > {tolerance:g}")
-    print(line)
-    return 0
-
-
-def add_subcommands(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX (fp32/int8) or TorchScript",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("model", help="leqnet, feq1, feq2 or feq3")
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--out", required=True, help="output file (.onnx or .pt)")
-    parser.add_argument("--int8", action="store_true", help="store the weights as int8 (ONNX)")
-    parser.add_argument(
-        "--int8-mode",
-        choices=INT8_MODES,
-        default="weights",
-        help="weights: int8 weights, float arithmetic (default, accuracy of fp32); "
-        "dynamic: ONNX Runtime dynamic quantisation, int8 arithmetic",
-    )
-    parser.add_argument(
-        "--weights", help="shipped weights name, a saved model path (without .json/.pt), or 'random' (default: 'default' when shipped)"
-    )
-    parser.add_argument("--graph", choices=GRAPHS, default="compact", help="compact: smallest file; fused: fastest in ONNX Runtime")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--logits", action="store_true", help="output logits instead of probabilities")
-    parser.add_argument("--no-normalize", action="store_true", help="leave the window normalisation to the caller")
-    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    parser.set_defaults(func=_cli_export)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # scripts and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import obspy  # noqa: E402
-import seisbench.util as sbu  # noqa: E402
+import obspy
+import seisbench.util as sbu
+from matplotlib.figure import Figure
 
 PHASE_COLOURS = {"P": "tab:blue", "S": "tab:red", "Detection": "tab:green"}
 
@@ -20,7 +17,7 @@ def plot_annotations(
     picks: sbu.PickList | None = None,
     path: str | Path | None = None,
     title: str | None = None,
-) -> plt.Figure:
+) -> Figure:
     """One panel per waveform trace plus one panel of the model's probabilities.
 
     ``annotations`` is the output of ``model.annotate``; its channels end in ``_Detection``,
@@ -30,7 +27,9 @@ def plot_annotations(
     if len(stream) == 0:
         raise ValueError("plot_annotations: the waveform stream is empty")
     t0 = min(tr.stats.starttime for tr in stream)
-    fig, axes = plt.subplots(len(stream) + 1, 1, sharex=True, figsize=(10, 1.6 * (len(stream) + 1) + 0.6))
+    # A Figure without pyplot: drawn by Agg when saved, whatever backend the caller's session uses.
+    fig = Figure(figsize=(10, 1.6 * (len(stream) + 1) + 0.6))
+    axes = fig.subplots(len(stream) + 1, 1, sharex=True, squeeze=False)[:, 0]
     for ax, trace in zip(axes, stream):
         ax.plot(trace.times(reftime=t0), trace.data, "k", lw=0.5)
         ax.set_ylabel(trace.stats.channel, rotation=0, ha="right")

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from conftest import shared_path
 
 from seisbench_feq import archive
+from seisbench_feq.archive.unit import unit_picks_frame
+from seisbench_feq.io.picks import normalise_picks, read_picks
 from seisbench_feq.cli import main as cli_main
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -34,7 +36,16 @@ PROJECT_ROOT = TESTS_DIR.parent
 PICKER = f"{Path(__file__).stem}:EnvelopePicker"  # importable by Dask workers and subprocesses
 T0 = obspy.UTCDateTime("2014-05-01T00:00:00")
 # what the `seisbench-feq` console script runs (the venv need not have the entry point installed)
-CONSOLE_SCRIPT = "import sys; from seisbench_feq.cli import main; sys.exit(main(sys.argv[1:]))"
+# (only `pick` is registered: another subcommand's breakage cannot fail these tests)
+CONSOLE_SCRIPT = ("import sys; import seisbench_feq.cli as cli; "
+                  "cli.SUBCOMMAND_MODULES[:] = ['seisbench_feq.archive']; sys.exit(cli.main(sys.argv[1:]))")
+
+
+@pytest.fixture(autouse=True)
+def _only_pick(monkeypatch):
+    import seisbench_feq.cli as cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["seisbench_feq.archive"])
 
 
 class EnvelopePicker(sbm.WaveformModel):
@@ -116,8 +127,12 @@ def _env():
 
 
 def _picks(path) -> pd.DataFrame:
-    fmt = "parquet" if str(path).endswith(".parquet") else "csv"
-    return archive._read_table(Path(path), fmt, ["time", "start_time", "end_time"])
+    return read_picks(path)
+
+
+def _stations(df: pd.DataFrame) -> set[str]:
+    """NET.STA.LOC of the picks (the unit a job plans by)."""
+    return set(df.network + "." + df.station + "." + df.location)
 
 
 def _reference_picks(model, sds, stations, start, end) -> pd.DataFrame:
@@ -130,16 +145,18 @@ def _reference_picks(model, sds, stations, start, end) -> pd.DataFrame:
     settings = archive.PickSettings(0, 0, 0, 0, 0, 0, (), {}, "csv", False, "EnvelopePicker", "x")
     for station in stations:
         net, sta = station.split(".")
-        st = client.get_waveforms(net, sta, "", "HH?", archive._floor_to(start - pad, step), end + pad)
+        st = client.get_waveforms(net, sta, "", "HH?", archive.floor_to(start - pad, step), end + pad)
         out = model.classify(st)
-        frames.append(archive._picks_frame(out.picks, settings, start, end))
+        frames.append(unit_picks_frame(out.picks, settings, start, end, stream=st))
     df = pd.concat(frames, ignore_index=True)
-    return archive._normalise_frame(df, ["time", "start_time", "end_time"], ["station", "time", "phase"])
+    return normalise_picks(df)
 
 
 def _same_picks(got: pd.DataFrame, ref: pd.DataFrame):
-    cols = ["station", "phase", "time", "start_time", "end_time"]
-    pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), ref[cols].reset_index(drop=True))
+    cols = ["trace_id", "phase", "time", "start_time", "end_time"]
+    got, ref = (df.sort_values(["trace_id", "time", "phase"], kind="mergesort").reset_index(drop=True)
+                for df in (got, ref))
+    pd.testing.assert_frame_equal(got[cols], ref[cols])
     np.testing.assert_allclose(got["probability"], ref["probability"], rtol=1e-5)
 
 
@@ -154,8 +171,8 @@ def test_parse_duration_and_bad_settings(tmp_path, sds, picker):
         archive.parse_duration("one day")
     with pytest.raises(archive.ArchiveError, match="no station .* matches XX.NOPE"):
         archive.pick_archive(sds, tmp_path / "a", picker, stations="XX.NOPE", workers=0)
-    with pytest.raises(archive.ArchiveError, match="unknown model"):
-        archive.pick_archive(sds, tmp_path / "b", "phasenet", workers=0)
+    with pytest.raises(archive.ArchiveError, match="cannot load model nosuchmodel"):
+        archive.pick_archive(sds, tmp_path / "b", "nosuchmodel", workers=0)
     with pytest.raises(archive.ArchiveError, match="neither a directory"):
         archive.pick_archive(str(tmp_path / "missing" / "*.mseed"), tmp_path / "c", picker, workers=0)
 
@@ -186,7 +203,7 @@ def test_sds_layout_stations_and_default_span(sds, tmp_path):
     assert end == first.endtime + first.delta - 5
     units, without_data = archive.plan_units(["CX.PB01."], start, end, 4 * 3600)
     assert [u.start[:13] for u in units] == ["2014-05-01T00", "2014-05-01T04", "2014-05-01T08"]
-    assert units[-1].end == archive._iso(end) and without_data == {}
+    assert units[-1].end == archive.iso(end) and without_data == {}
     # chunks that no day file covers are not planned, but counted
     units, without_data = archive.plan_units(["CX.PB01."], T0 - 2 * 86400, T0 + 86400, 86400,
                                              {"CX.PB01.": source.coverage("CX.PB01.")})
@@ -218,7 +235,7 @@ def test_event_across_chunk_border_gives_the_same_picks_as_one_run(tmp_path, sds
     assert (report.summary["units"]["total"], report.summary["units"]["done"]) == (2, 2)
     got = report.picks()
     _same_picks(got, _reference_picks(picker, sds, ["CX.PB02"], start, end))
-    assert got.duplicated(["station", "phase", "time"]).sum() == 0
+    assert got.duplicated(["trace_id", "phase", "time"]).sum() == 0
     # the event really straddles the border: its P is in the first unit's file, its S in the second
     first, second = sorted((tmp_path / "out" / "units" / "CX.PB02.").glob("*.picks.csv"))
     assert (_picks(first).time == p.time).any() and (_picks(second).time == s.time).any()
@@ -306,7 +323,7 @@ def test_cli_killed_and_rerun_equals_an_uninterrupted_run(tmp_path, sds, picker_
     clean = tmp_path / "clean"
     assert cli_main(job(clean)) == 0
     resumed = _picks(out / "picks.csv")
-    assert len(resumed) > 0 and resumed.duplicated(["station", "phase", "time"]).sum() == 0
+    assert len(resumed) > 0 and resumed.duplicated(["trace_id", "phase", "time"]).sum() == 0
     assert (out / "picks.csv").read_bytes() == (clean / "picks.csv").read_bytes()
     unit_files = sorted((clean / "units").rglob("*.csv"))
     assert len(unit_files) == 16
@@ -379,12 +396,12 @@ def test_corrupt_truncated_and_odd_miniseed_are_reported_and_the_job_completes(t
     assert "CX.PB02." not in notes
     assert "missing component(s) E, N" in notes["CX.ZONLY."]
     assert "truncated MiniSEED" in notes["CX.TRUNC."] and "TRUNC.mseed" in notes["CX.TRUNC."]
-    assert "NaN/inf samples treated as gaps" in notes["CX.ODD."]
-    assert "overlapping records" in notes["CX.ODD."]
-    assert "mixed sampling rates" in notes["CX.ODD."]
+    assert "masked/NaN samples" in notes["CX.ODD."] and "treated as gaps" in notes["CX.ODD."]
+    assert "CX.ODD..HHN: overlapping records disagree" in notes["CX.ODD."]
+    assert "resampling CX.ODD..HHE from 50 Hz" in notes["CX.ODD."]
     assert "HHZ has gaps" in notes["CX.ODD."]
     picks = report.picks()
-    assert set(picks.station) >= {"CX.PB02.", "CX.ODD."}
+    assert _stations(picks) >= {"CX.PB02.", "CX.ODD."}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "garbage.mseed" in md and "truncated MiniSEED" in md
 
@@ -417,11 +434,230 @@ def test_corrupt_sds_file_fails_its_unit_only_and_a_rerun_retries_it(tmp_path, s
     assert os.path.realpath(bad) in s["failed"][0]["reason"]
     assert s["skipped"][0]["station"] == "CX.PB03." and "no data" in s["skipped"][0]["reason"]
     assert s["chunks_without_data"] == {"CX.PB04.": 1}  # no day file near the span at all
-    assert set(first.picks().station) == {"CX.PB01."}
+    assert _stations(first.picks()) == {"CX.PB01."}
 
     bad.unlink()
     bad.symlink_to(sds / "2014/CX/PB02/HHZ.D/CX.PB02..HHZ.D.2014.121")
     second = archive.pick_archive(root, tmp_path / "out", picker, **kwargs)
     assert second.exit_code == 0
     assert second.summary["units"]["processed_this_run"] == 1  # only the failed unit ran again
-    assert set(second.picks().station) == {"CX.PB01.", "CX.PB02."}
+    assert _stations(second.picks()) == {"CX.PB01.", "CX.PB02."}
+
+
+# ---- hostile input, hangs, resume repairs (the audit's cases) --------------------------------
+
+
+def _hour_piece(seconds=900, offset=600):
+    real = obspy.read(str(shared_path("data", "cx_continuous", "CX_20140301", "CX.PB02..HH.mseed")))
+    start = real[0].stats.starttime + offset
+    return real.trim(start, start + seconds), start
+
+
+def _files_outside(root: Path, inside: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file() and inside not in p.parents}
+
+
+@pytest.mark.timeout(240)
+def test_hostile_station_codes_write_only_inside_the_output_folder(tmp_path, picker):
+    piece, start = _hour_piece()
+    data = tmp_path / "data"
+    for name, (net, sta) in {"slash_net": ("/", "ESC"), "slash_sta": ("CX", "a/b"),
+                             "dotdot": ("CX", ".."), "glob": ("C*", "[X]")}.items():
+        hostile = piece.copy()
+        for tr in hostile:
+            tr.stats.network, tr.stats.station = net, sta
+        _write(hostile, data / f"{name}.mseed")
+    out = tmp_path / "out"
+    before = _files_outside(tmp_path, out)
+    root_before = set(Path("/").glob(".ESC*"))
+    report = archive.pick_archive(str(data), out, picker, chunk="15min", start=start,
+                                  end=start + 900, workers=0, progress=False)
+    assert report.exit_code == 0
+    assert report.summary["units"]["done"] == 4
+    assert _files_outside(tmp_path, out) == before  # nothing written beside the output folder
+    assert set(Path("/").glob(".ESC*")) == root_before
+    # one folder level under units/, each a plain name
+    unit_dirs = [p for p in (out / "units").iterdir()]
+    assert len(unit_dirs) == 4 and all(p.is_dir() and "/" not in p.name and p.name != ".." for p in unit_dirs)
+    assert all(f.parent.parent == out / "units" for f in (out / "units").rglob("*.csv"))
+    picks = report.picks()
+    # the codes themselves are kept in the pick table (dots inside a code become "_")
+    assert {"/", "C*"} <= set(picks.network) and {"a/b", "__", "[X]"} <= set(picks.station)
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_named_mseed_is_skipped_never_opened(tmp_path, picker):
+    piece, start = _hour_piece(300)
+    data = tmp_path / "data"
+    _write(piece, data / "PB02.mseed")
+    os.mkfifo(data / "pipe.mseed")  # opening it for reading would block forever
+    report = archive.pick_archive(str(data), tmp_path / "out", picker, chunk="5min", start=start,
+                                  end=start + 300, workers=0, progress=False)
+    assert report.summary["units"]["done"] == 1
+    problems = report.summary["input_problems"]
+    assert [Path(p["file"]).name for p in problems] == ["pipe.mseed"]
+    assert "not a regular file" in problems[0]["reason"]
+    assert report.exit_code == 1  # the unusable input is reported
+    # a FIFO given by name is refused the same way
+    report = archive.pick_archive(str(data / "pipe.mseed"), tmp_path / "out2", picker, workers=0,
+                                  start=start, end=start + 300, progress=False)
+    assert report.summary["units"]["total"] == 0 and report.exit_code == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["--batch-size", "x"], "--batch-size: 'x' is not a whole number"),
+    (["--workers", "-1"], "--workers: must be >= 0"),
+    (["--torch-threads", "0"], "--torch-threads/--threads: must be >= 1"),
+    (["--p-threshold", "2"], "--p-threshold/--P-threshold: must be a probability"),
+    (["--start", "yesterday"], "cannot understand 'yesterday' as a time"),
+])
+def test_bad_numbers_and_times_fail_fast_with_exit_2(tmp_path, sds, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["pick", str(sds), "--out", str(tmp_path / "out"), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(60)
+def test_invalid_classify_arguments_and_outputs_are_refused_before_any_work(tmp_path, sds, picker):
+    for kwargs, message in (({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+                            ({"overlap": 6000}, "overlap=6000: expected whole samples"),
+                            ({"stacking": "foo"}, "stacking must be")):
+        with pytest.raises(archive.ArchiveError, match=message):
+            archive.pick_archive(sds, tmp_path / "a", picker, workers=0, classify_kwargs=kwargs,
+                                 start=T0, end=T0 + 60, progress=False)
+    (tmp_path / "file").write_text("x")
+    assert cli_main(["pick", str(sds), "--out", str(tmp_path / "file")]) == 2
+    with pytest.raises(archive.ArchiveError, match="is a file"):
+        archive.pick_archive(sds, tmp_path / "file", picker, workers=0)
+    trunc = tmp_path / "trunc.h5"
+    trunc.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 50)
+    assert cli_main(["pick", str(sds), "--out", str(tmp_path / "w1"), "--weights", str(trunc)]) == 2
+    assert cli_main(["pick", str(sds), "--out", str(tmp_path / "w2"), "--weights", "nonexist.pt"]) == 2
+    with pytest.raises(archive.ArchiveError, match="nonexist"):
+        archive.pick_archive(sds, tmp_path / "w3", "feq3", "nonexist.pt", workers=0)
+
+
+@pytest.mark.timeout(240)
+def test_resume_repairs_missing_and_corrupt_unit_files_and_manifest_lines(tmp_path, sds, picker):
+    kwargs = dict(start=T0 + 3600, end=T0 + 3600 + 1200, chunk="5min", stations="CX.PB01",
+                  workers=0, progress=False)
+    clean = archive.pick_archive(sds, tmp_path / "clean", picker, **kwargs)
+    out = tmp_path / "job"
+    archive.pick_archive(sds, out, picker, **kwargs)
+    files = sorted((out / "units").rglob("*.picks.csv"))
+    assert len(files) == 4
+    files[0].unlink()  # a deleted unit file
+    files[1].write_text("not,a,pick,table\n1,2,3,4\n")  # a damaged one
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    lines[2] = lines[2][: len(lines[2]) // 2]  # a corrupt line in the middle
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+
+    second = archive.pick_archive(sds, out, picker, **kwargs)
+    assert second.exit_code == 0
+    assert second.summary["units"]["processed_this_run"] == 3
+    repairs = " | ".join(second.summary["repairs"])
+    assert files[0].name in repairs and "is missing" in repairs
+    assert files[1].name in repairs and "unreadable" in repairs
+    assert "line 3 is corrupt" in repairs
+    assert (out / "picks.csv").read_bytes() == (tmp_path / "clean" / "picks.csv").read_bytes()
+    assert "Repairs on resume (3)" in (out / "report.md").read_text()
+    assert clean.exit_code == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_second_job_on_the_same_folder_is_refused_while_the_first_runs(tmp_path, sds, picker_weights):
+    out = tmp_path / "job"
+    lock = archive.JobLock(out).acquire()  # this process is "the first job"
+    try:
+        proc = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "pick", str(sds), "--out", str(out),
+                               "--model", PICKER, "--weights", str(picker_weights), "--overwrite",
+                               "--no-progress"], cwd=PROJECT_ROOT, env=_env(), capture_output=True,
+                              text=True, timeout=100)
+    finally:
+        lock.release()
+    assert proc.returncode == 2
+    assert "another pick job (pid" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "run.json").exists()  # --overwrite deleted nothing of the first job
+
+
+@pytest.mark.timeout(240)
+def test_garbage_records_make_a_unit_done_with_errors_named_and_exit_1(tmp_path, sds, picker, caplog):
+    root = tmp_path / "sds"
+    for src in sds.rglob("CX.PB01..*.D.2014.121"):
+        dst = root / src.relative_to(sds)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src)
+    bad = root / "2014/CX/PB01/HHZ.D/CX.PB01..HHZ.D.2014.121"
+    raw = bytearray(bad.read_bytes())
+    bad.unlink()
+    from obspy.io.mseed.util import get_record_information
+
+    reclen = get_record_information(str(sds / "2014/CX/PB01/HHZ.D/CX.PB01..HHZ.D.2014.121"))["record_length"]
+    middle = (len(raw) // reclen // 2) * reclen
+    raw[middle: middle + 40 * reclen] = b"\xff" * (40 * reclen)
+    bad.write_bytes(bytes(raw))
+    report = archive.pick_archive(root, tmp_path / "out", picker, chunk="1d", workers=0, progress=False)
+    s = report.summary
+    assert s["units"]["done"] == 1 and s["units"]["done_with_errors"] == 1
+    assert report.exit_code == 1
+    errors = " ".join(s["done_with_errors"][0]["errors"])
+    assert str(bad) in errors and "MiniSEED decoding warning" in errors
+    assert len(report.picks()) > 0  # the readable records were picked
+    # the flood of ObsPy warnings is one line naming the file, with a count
+    named = [r for r in caplog.records if str(bad) in r.getMessage()]
+    assert 1 <= len(named) <= 3
+    assert not [r for r in caplog.records if "InternalMSEEDWarning" in r.name]
+
+
+@pytest.mark.timeout(240)
+def test_lower_case_channels_and_a_1ppm_rate_error_give_the_same_picks(tmp_path, picker):
+    piece, start = _hour_piece()
+    _write(piece, tmp_path / "plain" / "PB02.mseed")
+    odd = piece.copy()
+    for tr in odd:
+        tr.stats.channel = tr.stats.channel.lower()
+        tr.stats.sampling_rate = 100.0001
+    _write(odd, tmp_path / "odd" / "PB02.mseed")
+    kwargs = dict(chunk="15min", start=start, end=start + 900, workers=0, progress=False)
+    plain = archive.pick_archive(str(tmp_path / "plain"), tmp_path / "o1", picker, **kwargs)
+    odd_report = archive.pick_archive(str(tmp_path / "odd"), tmp_path / "o2", picker, **kwargs)
+    assert odd_report.summary["units"]["done"] == 1 and len(plain.picks()) > 0
+    assert not [n for w in odd_report.summary["warnings"] for n in w["notes"] if "resampled" in n]
+    got, ref = odd_report.picks(), plain.picks()
+    assert list(got.channel) == list(ref.channel)  # upper-cased
+    np.testing.assert_allclose(got.time.astype("int64"), ref.time.astype("int64"), atol=0.011e9)
+
+
+@pytest.mark.timeout(120)
+def test_pick_table_columns_quakeflow_format_and_defaults(tmp_path, picker):
+    piece, start = _hour_piece(600)
+    _write(piece, tmp_path / "data" / "PB02.mseed")
+    report = archive.pick_archive(str(tmp_path / "data"), tmp_path / "out", picker, chunk="10min",
+                                  start=start, end=start + 600, output_format="quakeflow",
+                                  polarity=True, progress=False)
+    head = (tmp_path / "out" / "picks.quakeflow.csv").read_text().splitlines()
+    assert head[0] == "station_id,phase_time,phase_score,phase_type,phase_amplitude,phase_polarity"
+    full = (tmp_path / "out" / "picks.csv").read_text().splitlines()
+    assert full[0].split(",") == archive.PICK_COLUMNS  # no index column
+    first = dict(zip(full[0].split(","), full[1].split(",")))
+    assert first["time"].endswith("Z") and "T" in first["time"]
+    picks = report.picks()
+    assert set(picks[picks.phase == "P"].channel) == {"HHZ"}
+    assert set(picks[picks.phase == "S"].channel) <= {"HHN", "HHE"}
+    assert (picks.amplitude > 0).all() and (picks.amplitude_unit == "counts").all()
+    assert picks.snr.notna().all()
+    assert set(picks.polarity) <= {"U", "D", ""}
+    assert len(head) - 1 == len(picks)
+    # defaults never oversubscribe: 2 cores -> in-process, 1 thread; OMP_NUM_THREADS respected
+    assert archive.choose_parallelism(None, None, None, cores=2, omp="") == (0, 1)
+    assert archive.choose_parallelism(None, None, None, cores=8, omp="") == (8, 1)
+    assert archive.choose_parallelism(None, None, None, cores=8, omp="4") == (2, 4)
+    assert archive.choose_parallelism(2, None, None, cores=8, omp="") == (2, 4)
+    for cores in (1, 2, 3, 4, 16):
+        workers, threads = archive.choose_parallelism(None, None, None, cores=cores, omp="")
+        assert max(workers, 1) * threads <= cores

@@ -435,17 +435,16 @@ def test_cli_associate_and_compare(tmp_path, monkeypatch, capsys, synthetic):
     text = capsys.readouterr().out
     assert rc == 0 and "matched 3" in text and "recall 0.750" in text
     assert (tmp_path / "rep" / "report.md").exists()
-    with pytest.raises(ValueError, match="empty"):
-        (tmp_path / "nothing.csv").write_text("")
-        cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "nothing.csv"), "--out", str(out)])
+    # an empty station file: a one-line error naming it, exit 2 (was a ValueError traceback)
+    (tmp_path / "nothing.csv").write_text("")
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "nothing.csv"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nothing.csv" in err and "empty" in err and len(err.splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------
 # Imperial Valley (real PhaseNet picks, SCSN catalog)
 # ------------------------------------------------------------------------------------------
-
-ESTIMATED = PROJECT_ROOT / "catalogs" / "imperial_valley" / "stations_estimated.csv"
-
 
 def test_imperial_valley_readers():
     iv = shared_path("data", "imperial_valley")
@@ -453,13 +452,23 @@ def test_imperial_valley_readers():
     assert picks["station"].nunique() == 16
     assert picks["time"].min() >= pd.Timestamp("2020-10-01", tz="UTC")
     assert picks["time"].max() < pd.Timestamp("2020-10-03", tz="UTC")
+    # the PhaseNet hour files give the pick table's columns: P on the vertical, S on a horizontal
+    from seisbench_feq.io.picks import PICK_COLUMNS
+
+    assert set(PICK_COLUMNS) <= set(picks.columns)
+    assert set(picks.loc[picks["phase"] == "P", "channel"]) == {"HHZ"}
+    assert set(picks.loc[picks["phase"] == "S", "channel"]) == {"HHN"}
+    assert (picks["trace_id"].str.count(r"\.") == 3).all() and set(picks["amplitude_unit"]) == {"m/s"}
+    assert (picks["amplitude"] > 0).all()
     ref = catalog.read_catalog(iv / "events.csv")
     assert len(ref.events) == 1062
     assert ref.events["depth_km"].between(0, 25).all()
-    # the shared station file is empty: a clear error, not an empty network
-    if (iv / "stations.csv").stat().st_size == 0:
-        with pytest.raises(ValueError, match="empty"):
-            catalog.read_stations(iv / "stations.csv")
+    # the 16 real stations, elevations from the elv(m) column (some below sea level in the Salton Trough)
+    stations = catalog.read_stations(iv / "stations.csv").set_index("id")
+    assert len(stations) == 16 and set(stations.index) == set(picks["station"])
+    assert stations.loc["CI.SLV.", "elevation"] == pytest.approx(254.6)
+    assert stations.loc["CI.BOM.", "elevation"] == pytest.approx(-54.0)
+    assert stations.loc["CI.BOM.", ["latitude", "longitude"]].tolist() == pytest.approx([33.365, -115.730])
 
 
 def _load_example():
@@ -489,27 +498,12 @@ def test_imperial_valley_example(tmp_path):
     assert cmp.counts["matched"] == numbers["matched"]
     assert cmp.matches["distance_km"].median() < 5.0
     assert abs(cmp.matches["dt_s"].median()) < 0.5
+    # local magnitudes from PhaseNet's peak velocities agree with the SCSN's within a few tenths
+    assert numbers["events_with_ml"] >= numbers["events"]
+    assert abs(numbers["ml_minus_scsn_median"]) < 0.5
+    assert abs(np.median(cmp.magnitude_differences()) - numbers["ml_minus_scsn_median"]) < 1e-6
+    assert not list(PROJECT_ROOT.glob("docs/imperial_valley/catalog.xml"))  # nothing written into docs/
 
-
-def test_station_estimation_recovers_synthetic_sites():
-    """The example's station estimate (used because the shared stations.csv is empty) finds known
-    sites from exact arrivals of events spread over a 20 km swarm."""
-    example = _load_example()
-    rng = np.random.default_rng(0)
-    n = 60
-    events = pd.DataFrame({
-        "time": [T0 + pd.Timedelta(seconds=30 * i) for i in range(n)],
-        "latitude": CENTER[0] + rng.uniform(-0.09, 0.09, n),
-        "longitude": CENTER[1] + rng.uniform(-0.1, 0.1, n),
-        "depth_km": rng.uniform(2, 12, n),
-        "magnitude": 2.0,
-    })
-    stations = _stations(4)
-    picks = _synthetic_picks(stations, catalog.SOCAL_MODEL.assign(vs=catalog.SOCAL_MODEL["vp"] / 1.8), events)
-    found = example.estimate_stations(picks, events, vp_vs_ratio=1.8, search_km=45.0)
-    offsets = catalog._epicentral_km(found["latitude"], found["longitude"], stations["latitude"], stations["longitude"])
-    assert (offsets < 0.5).all(), offsets
-    assert (found["matched_fraction"] > 0.95).all()
 
 def test_wadati_vp_vs_recovers_the_model_ratio():
     stations = _stations()
@@ -519,3 +513,159 @@ def test_wadati_vp_vs_recovers_the_model_ratio():
     assert ratio == pytest.approx(1.73, abs=1e-6) and n == len(EVENTS) * len(stations)
     with pytest.raises(ValueError, match="P and S"):
         catalog.wadati_vp_vs(picks[picks["phase"] == "P"])
+
+
+# ------------------------------------------------------------------------------------------
+# Pick table, channels, magnitudes
+# ------------------------------------------------------------------------------------------
+
+
+def test_pick_table_file_round_trip_and_channels(tmp_path, synthetic):
+    """Picks written by io.picks.write_picks (the `pick` output) associate to the same events,
+    and the QuakeML puts P on the vertical and S on a horizontal channel of the pick table."""
+    import obspy
+
+    from seisbench_feq.io.picks import write_picks
+
+    stations, picks, result = synthetic
+    net_sta = picks["station"].str.split(".")
+    table = picks.assign(network=net_sta.str[0], station=net_sta.str[1], location="",
+                         channel=np.where(picks["phase"] == "P", "HHZ", "HHE"))
+    table["trace_id"] = table["network"] + "." + table["station"] + ".." + table["channel"]
+    path = write_picks(table, tmp_path / "picks.csv")
+    again = catalog.associate(path, stations, "homogeneous", n_threads=1)
+    assert len(again.events) == len(result.events)
+    np.testing.assert_allclose(again.events["latitude"], result.events["latitude"], atol=1e-3)
+    assert again.picks["station"].str.count(r"\.").eq(2).all()  # NET.STA.LOC inside the catalog
+    back = obspy.read_events(str(catalog.write_quakeml(again, tmp_path / "c.xml")))
+    channels = {(p.phase_hint, p.waveform_id.channel_code) for ev in back for p in ev.picks}
+    assert channels == {("P", "HHZ"), ("S", "HHE")}
+
+
+def _with_amplitudes(picks: pd.DataFrame, stations: pd.DataFrame, magnitudes) -> pd.DataFrame:
+    """Peak velocities that give exactly ``magnitudes`` (one per event) by Hutton & Boore (1987)
+    at 5 Hz: the inverse of the formula."""
+    from seisbench_feq.catalog.magnitude import WOOD_ANDERSON_GAIN
+
+    rows = []
+    for (ev, mag) in zip(EVENTS.itertuples(index=False), magnitudes):
+        dist = catalog.epicentral_km(ev.latitude, ev.longitude, stations["latitude"], stations["longitude"])
+        r = np.hypot(dist, ev.depth_km)
+        log_a = mag - 1.110 * np.log10(r / 100) - 0.00189 * (r - 100) - 3.0
+        velocity = 10 ** log_a / (WOOD_ANDERSON_GAIN * 1000.0) * 2 * np.pi * 5.0
+        rows.append(dict(zip(stations["id"], velocity)))
+    event_of = np.searchsorted(EVENTS["time"].to_numpy(), picks["time"].to_numpy()) - 1
+    amp = [rows[e][s] for e, s in zip(event_of, picks["station"])]
+    return picks.assign(amplitude=amp, amplitude_unit="m/s")
+
+
+@pytest.mark.timeout(120)
+def test_local_magnitude_recovers_hutton_boore(tmp_path):
+    import obspy
+
+    stations = _stations()
+    picks = _with_amplitudes(_synthetic_picks(stations), stations, [1.2, 2.5, 3.1])
+    result = catalog.associate(picks, stations, "homogeneous", n_threads=1)
+    np.testing.assert_allclose(result.events["magnitude"], [1.2, 2.5, 3.1], atol=0.05)  # location error only
+    assert set(result.magnitudes["station_count"]) == {len(stations)}
+    assert "Hutton & Boore (1987)" in result.magnitudes["method"].iloc[0]
+    ev = sorted(obspy.read_events(str(catalog.write_quakeml(result, tmp_path / "ml.xml"))), key=lambda e: e.origins[0].time)
+    assert [round(e.preferred_magnitude().mag, 1) for e in ev] == [1.2, 2.5, 3.1]
+    assert all(e.preferred_magnitude().magnitude_type == "ML" and len(e.station_magnitudes) == 8 for e in ev)
+    assert "Hutton" in ev[0].preferred_magnitude().comments[0].text
+    # another formula, set by name; none at all
+    other = catalog.associate(picks, stations, "homogeneous", n_threads=1, magnitude="bakun-joyner-1984")
+    assert not np.allclose(other.events["magnitude"], result.events["magnitude"])
+    assert catalog.associate(picks, stations, "homogeneous", n_threads=1, magnitude=None).magnitudes is None
+    # amplitudes in counts give no magnitude (no response, no physical amplitude)
+    counts = catalog.associate(picks.assign(amplitude_unit="counts"), stations, "homogeneous", n_threads=1)
+    assert counts.magnitudes is None and "magnitude" not in counts.events.columns
+    with pytest.raises(ValueError, match="unknown magnitude formula"):
+        catalog.local_magnitudes(result.picks, result.events, formula="richter-1935")
+
+
+def test_map_has_stations_scale_and_depth_section(tmp_path, synthetic):
+    from seisbench_feq.catalog import report
+
+    stations, _, result = synthetic
+    cmp = catalog.compare(result, _reference_csv(tmp_path))
+    path = report.plot_map(cmp, tmp_path / "map.png", stations)
+    assert path.stat().st_size > 1000
+    assert report._scale_bar_km(73.0) == 10.0 and report._scale_bar_km(260.0) == 50.0
+    assert report._ref_depth(cmp).notna().all()  # the section plots reference depths of matched events
+
+
+# ------------------------------------------------------------------------------------------
+# CLI: clear errors, one grammar, old spellings
+# ------------------------------------------------------------------------------------------
+
+
+def _cli(monkeypatch):
+    from seisbench_feq import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["seisbench_feq.catalog"])
+    return cli
+
+
+def test_cli_compare_missing_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    cli = _cli(monkeypatch)
+    ref = _reference_csv(tmp_path)
+    for args, named in (([str(tmp_path / "nope.xml"), str(ref)], "nope.xml"),
+                        ([str(ref), str(tmp_path / "absent.csv")], "absent.csv")):
+        assert cli.main(["compare", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err and "does not exist" in err
+
+
+def test_cli_out_folder_file_mismatch(tmp_path, monkeypatch, capsys, synthetic):
+    cli = _cli(monkeypatch)
+    stations, picks, _ = synthetic
+    picks.to_csv(tmp_path / "picks.csv", index=False)
+    stations.to_csv(tmp_path / "stations.csv", index=False)
+    (tmp_path / "folder").mkdir()
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "folder")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "is a folder" in err and len(err.splitlines()) == 1
+    (tmp_path / "afile").write_text("x")
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "afile" / "c.xml")])
+    assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    rc = cli.main(["compare", str(_reference_csv(tmp_path)), str(_reference_csv(tmp_path)), "--out", str(tmp_path / "afile")])
+    assert rc == 2 and "is a file; compare writes a report folder" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_cli_old_spellings_and_times(tmp_path, monkeypatch, capsys, synthetic):
+    cli = _cli(monkeypatch)
+    stations, picks, _ = synthetic
+    picks.to_csv(tmp_path / "picks.csv", index=False)
+    stations.to_csv(tmp_path / "stations.csv", index=False)
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--inventory", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "c.xml"), "--velocity-model", "homogeneous", "--threads", "1",
+                   "--checkpoint-dir", str(tmp_path / "blocks"), "--start", "2021-03-01", "--end", "2021-03-01T12:01:40"])
+    assert rc == 0 and "2 events" in capsys.readouterr().out
+    assert list((tmp_path / "blocks").glob("*_events.csv"))  # the old spelling still resumes
+    rc = cli.main(["compare", str(tmp_path / "c.xml"), str(_reference_csv(tmp_path)), "--report-dir", str(tmp_path / "old"),
+                   "--stations", str(tmp_path / "stations.csv")])
+    assert rc == 0 and (tmp_path / "old" / "report.md").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", str(tmp_path / "c.xml"), str(_reference_csv(tmp_path)), "--start", "yesterday"])
+    assert exit_info.value.code == 2 and "cannot understand 'yesterday' as a time" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_checkpoint_blocks_are_reused(tmp_path, synthetic):
+    """A rerun with the same inputs reads the finished blocks instead of associating again, and
+    gives the same catalog; a block file removed (an interrupted run) is redone."""
+    stations, picks, result = synthetic
+    kwargs = dict(n_threads=1, block_seconds=60.0, checkpoint_dir=tmp_path / "blocks")
+    first = catalog.associate(picks, stations, "homogeneous", **kwargs)
+    files = sorted((tmp_path / "blocks").glob("*_events.csv"))
+    assert len(files) >= 3
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    files[-1].unlink()  # as if the run had been killed before its last block
+    again = catalog.associate(picks, stations, "homogeneous", **kwargs)
+    pd.testing.assert_frame_equal(first.events, again.events)
+    assert all(f.stat().st_mtime_ns == stamps[f] for f in files[:-1]) and files[-1].exists()
+    assert len(first.events) == len(result.events)

@@ -1,6 +1,6 @@
 """Keras -> PyTorch conversion of the original EQTransformer and LEQNet files.
 
-Faithfulness is checked layer by layer against ``seisbench_feq.keras_reference``, an independent
+Faithfulness is checked layer by layer against ``tests/keras_reference.py``, an independent
 NumPy execution of the Keras layer graph stored in each h5 file (float64, Keras semantics), on
 real NCEDC windows. The Keras tensor names below were read from the files' layer graphs (e.g.
 ``lstm_3 -> attentionP -> ... -> picker_P``), independently of the converter's own graph parsing.
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_path
+from keras_reference import load_keras_model, normalize_per_channel
 
 from seisbench_feq import LEQNet
 from seisbench_feq.cli import main
@@ -28,11 +29,10 @@ from seisbench_feq.convert import (
     eqtransformer_from_keras,
     leqnet_from_keras,
     mc_dropout_predict,
-    ncedc_scores,
+    ncedc_check,
 )
 from seisbench_feq.data import load_ncedc
-from seisbench_feq.inference import use_backend
-from seisbench_feq.keras_reference import load_keras_model, normalize_per_channel
+from seisbench_feq.models.backends import use_backend
 
 
 def _eqt_h5():
@@ -295,12 +295,11 @@ def test_converted_models_pick_real_ncedc_traces(which, eqt, leq):
     S recall .929 / .805. A broken port does not get near these.
     """
     model = eqt if which == "eqt" else leq
-    scores = ncedc_scores(model, shared_path("data", "ncedc"), every=3)
-    assert scores["windows"] == 52
-    p, s = scores["P"], scores["S"]
-    assert p["recall"] > 0.8 and p["precision"] > 0.9, p
-    assert s["recall"] > 0.7 and s["precision"] > 0.85, s
-    assert p["residual_mae_s"] < 0.15 and s["residual_mae_s"] < 0.15
+    row = ncedc_check(model, shared_path("data", "ncedc"), every=3)  # scored by seisbench_feq.evaluation
+    assert row["n_windows"] == 52
+    assert row["P_recall"] > 0.8 and row["P_precision"] > 0.9, row
+    assert row["S_recall"] > 0.7 and row["S_precision"] > 0.85, row
+    assert row["P_mae_s"] < 0.15 and row["S_mae_s"] < 0.15
 
 
 def test_eqt_picker_rule():

@@ -295,6 +295,36 @@ def test_cli_writes_markdown_and_plots(tmp_path, capsys):
     windows = pd.read_csv(out / "window_picks.csv")
     assert len(windows) == 2 * 12 and set(windows["split"]) <= {"train", "test"}
     assert "| STA/LTA |" in capsys.readouterr().out
+    # both pick modes by default, and windows with P at random sub-sample positions
+    assert "pick mode `eqt`" in report and (out / "scores_all_eqt.csv").is_file()
+    assert (out / "window_picks_eqt.csv").is_file() and (out / "residuals_test_eqt.png").is_file()
+    assert (windows["p_sample"] % 1 != 0).all() and "random position" in report
+    assert "P max (median window max, windows at max)" in report
+    assert {"P_max_prob", "S_max_prob", "S_windows_at_max", "pick_mode"} <= set(scores.columns)
+
+
+def test_cli_reference_protocol_and_argument_errors(tmp_path):
+    """--offset-seed none: the deterministic P positions of the reference results; bad arguments exit 2."""
+    import zlib
+
+    from seisbench_feq.cli import main
+
+    ncedc_dir = shared_path("data", "ncedc")
+    out = tmp_path / "ref"
+    argv = ["evaluate", "stalta", "--data", str(ncedc_dir), "--limit", "6", "--offset-seed", "none",
+            "--pick-mode", "peak", "--no-costs", "--split", "all", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    windows = pd.read_csv(out / "window_picks.csv")
+    expected = [500 + zlib.crc32(f"{name}.npz".encode()) % 2000 for name in windows["trace_name"]]
+    assert list(windows["p_sample"]) == expected
+    assert not (out / "scores_all_eqt.csv").exists()
+    report = (out / "evaluation.md").read_text()
+    assert "--offset-seed none" in report and "500 + crc32" in report
+    for bad in (["evaluate", "stalta"], ["evaluate", "stalta", "--data", str(ncedc_dir), "--offset-seed", "x"],
+                ["evaluate", "stalta", "--data", str(ncedc_dir), "--batch-size", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(bad)
+        assert exit_info.value.code == 2
 
 
 def test_seisbench_dataset_windows(tmp_path):
@@ -325,7 +355,7 @@ def test_seisbench_dataset_windows(tmp_path):
                 },
                 zne,
             )
-    waveforms, metadata = load_labelled_windows(tmp_path)
+    waveforms, metadata = load_labelled_windows(tmp_path, offset_seed=None)  # the deterministic positions
     assert waveforms.shape == (3, 3, 6000) and len(metadata) == 3
     for i, row in metadata.iterrows():
         zne, rec = records[row["trace_name"]]
@@ -348,7 +378,7 @@ def test_picks_are_reused_only_for_identical_inputs(tmp_path, ncedc):
     class CountingStaLta(StaLtaPicker):
         calls = []
 
-        def pick_windows(self, waveforms):
+        def pick_windows(self, waveforms, pick_mode="peak"):
             self.calls.append(len(waveforms))
             return super().pick_windows(waveforms)
 
@@ -360,13 +390,75 @@ def test_picks_are_reused_only_for_identical_inputs(tmp_path, ncedc):
     first, _, _ = _evaluate({"sta": CountingStaLta()}, waveforms[:5], metadata.iloc[:5], **kwargs)
     again, _, _ = _evaluate({"sta": CountingStaLta()}, waveforms[:5], metadata.iloc[:5], **kwargs)
     assert CountingStaLta.calls == [5]  # second run read the stored picks
-    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first["peak"], again["peak"])
     _evaluate({"sta": CountingStaLta(trigger_on=5.0)}, waveforms[:5], metadata.iloc[:5], **kwargs)
     _evaluate({"sta": CountingStaLta()}, waveforms[:4], metadata.iloc[:4], **kwargs)
     assert CountingStaLta.calls == [5, 5, 4]
-    (tmp_path / "cache" / "sta.pkl").write_bytes(b"truncated")  # an interrupted write: recompute
+    (tmp_path / "cache" / "sta.peak.npz").write_bytes(b"truncated")  # an interrupted write: recompute
     _evaluate({"sta": CountingStaLta()}, waveforms[:4], metadata.iloc[:4], **kwargs)
     assert CountingStaLta.calls == [5, 5, 4, 4]
+
+
+class _Payload:
+    """Unpickling this object creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickles_in_the_cache_are_never_loaded(tmp_path, ncedc, caplog):
+    """A hostile OUT/cache/*.pkl (the old format) or an .npz with pickled objects never runs code."""
+    import pickle
+
+    from seisbench_feq.evaluation import _evaluate, picks_key
+
+    waveforms, metadata = ncedc
+    w, md = waveforms[:4], metadata.iloc[:4].reset_index(drop=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    marker_pkl, marker_npz = tmp_path / "ran_from_pkl", tmp_path / "ran_from_npz"
+    (cache / "sta.pkl").write_bytes(pickle.dumps({"key": "x", "picks": _Payload(marker_pkl)}))
+    picker = StaLtaPicker()
+    key = picks_key("sta", picker, w, md, {"detection": 0.5, "P": 0.3, "S": 0.3}, "peak")
+    # right provenance key, but the picks are a pickled object array: allow_pickle=False refuses it
+    empty = np.zeros(0, np.int64)
+    np.savez(cache / "sta.peak.npz", key=np.array(key), n_windows=np.array(4), detection_window=empty,
+             detection_on=empty, detection_off=empty, P_sample=np.array([_Payload(marker_npz)] * 4, dtype=object))  # fmt: skip
+    kwargs = dict(thresholds=None, tolerance_s=0.5, batch_size=64, costs=False, timing_repeats=1, progress=False)
+    with caplog.at_level("WARNING"):
+        tables, picks, _ = _evaluate({"sta": picker}, w, md, cache_dir=cache, **kwargs)
+    assert not marker_pkl.exists() and not marker_npz.exists()
+    assert "sta.pkl" in caplog.text and "never loaded" in caplog.text
+    assert "unreadable pick cache" in caplog.text and "allow_pickle" in caplog.text
+    reference, _, _ = _evaluate({"sta": StaLtaPicker()}, w, md, cache_dir=None, **kwargs)
+    pd.testing.assert_frame_equal(tables["peak"], reference["peak"])  # recomputed, not taken from the plant
+    # the rewritten cache holds plain arrays only, and is used on the next run
+    with np.load(cache / "sta.peak.npz", allow_pickle=False) as npz:
+        assert str(npz["key"]) == key and npz["P_sample"].dtype == np.float64
+    again, _, _ = _evaluate({"sta": StaLtaPicker()}, w, md, cache_dir=cache, **kwargs)
+    pd.testing.assert_frame_equal(again["peak"], reference["peak"])
+
+
+def test_cache_round_trip_keeps_every_column(tmp_path, ncedc):
+    """Model picks (both modes, detections, maximum outputs) come back identical from the .npz cache."""
+    from seisbench_feq.evaluation import _evaluate
+
+    waveforms, metadata = ncedc
+    w, md = waveforms[:3], metadata.iloc[:3].reset_index(drop=True)
+    torch.manual_seed(0)
+    model = FEQ3()
+    kwargs = dict(thresholds={"P": 0.01, "S": 0.01, "detection": 0.01}, tolerance_s=0.5, batch_size=64,
+                  costs=False, timing_repeats=1, progress=False, cache_dir=tmp_path / "c", pick_modes=("peak", "eqt"))  # fmt: skip
+    _, first, _ = _evaluate({"m": model}, w, md, **kwargs)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["m.eqt.npz", "m.peak.npz"]
+    _, second, _ = _evaluate({"m": model}, w, md, **kwargs)
+    for mode in ("peak", "eqt"):
+        assert list(second[mode]["m"].columns) == list(first[mode]["m"].columns)
+        pd.testing.assert_frame_equal(first[mode]["m"], second[mode]["m"])
+    assert any(len(d) for d in first["peak"]["m"]["detections"])  # detections survive the round trip
 
 
 def test_evaluate_on_ncedc_scores_only_the_held_out_stations(ncedc):
@@ -379,3 +471,214 @@ def test_evaluate_on_ncedc_scores_only_the_held_out_stations(ncedc):
     assert table.loc["STA/LTA", "n_windows"] == held_out.sum() < len(metadata)
     with pytest.raises(ValueError, match="split"):
         evaluate_on_ncedc({}, shared_path("data", "ncedc"), split="dev")
+
+
+# --- evaluation protocol: random offsets, pick modes, maximum outputs -------------------------------
+
+
+def test_eqt_pick_mode_takes_first_s_and_best_p_before_it():
+    """EQTransformer's event-gated rule against SeisBench's peak rule on one constructed window."""
+    t = np.arange(6000)
+
+    def bump(at, height, width=10):
+        return height * np.exp(-0.5 * ((t - at) / width) ** 2)
+
+    det = np.zeros(6000)
+    det[1000:3001] = 0.9  # one detection, 10-30 s
+    p = bump(850, 0.99) + bump(950, 0.6) + bump(1200, 0.8) + bump(2495, 0.95) + bump(4000, 0.97)
+    s = bump(2500, 0.6) + bump(2800, 0.9)
+    window = np.stack([det, p, s])
+    eqt = picks_from_probabilities(window[None], pick_mode="eqt").iloc[0]
+    peak = picks_from_probabilities(window[None], pick_mode="peak").iloc[0]
+    # 850 lies before the detection start - 1 s (900); 2495 after the S - 0.1 s (2490); 4000 outside;
+    # S: the first S in the detection, not the highest
+    assert (eqt["P_sample"], eqt["S_sample"]) == (1200, 2500) and eqt["P_value"] == pytest.approx(0.8, abs=1e-3)
+    assert (peak["P_sample"], peak["S_sample"]) == (850, 2800)  # the highest peak anywhere
+    assert eqt["detections"] == peak["detections"] == [(1000, 3000)]
+    assert peak["P_max"] == pytest.approx(p.max()) and eqt["S_max"] == pytest.approx(s.max())
+    # no S: P candidates run to the detection end; a short (< 0.1 s) detection gives nothing
+    no_s = picks_from_probabilities(np.stack([det, p, np.zeros(6000)])[None], pick_mode="eqt").iloc[0]
+    assert no_s["P_sample"] == 2495 and math.isnan(no_s["S_sample"])
+    short = np.zeros(6000)
+    short[1200:1205] = 0.9
+    assert math.isnan(picks_from_probabilities(np.stack([short, p, s])[None], pick_mode="eqt").loc[0, "P_sample"])
+    with pytest.raises(ValueError, match="pick_mode"):
+        picks_from_probabilities(window[None], pick_mode="nope")
+
+
+def test_maximum_outputs_show_a_capped_model():
+    from seisbench_feq.evaluation import output_stats
+
+    metadata = pd.DataFrame({"p_sample": [1000.0, 1000.0, 1000.0, np.nan], "s_sample": [1500.0, 1500.0, np.nan, np.nan]})
+    picks = pd.DataFrame(
+        {
+            "detections": [[], [], [], []],
+            "P_sample": [np.nan] * 4, "P_value": [np.nan] * 4, "S_sample": [np.nan] * 4, "S_value": [np.nan] * 4,
+            "detection_max": [0.9, 0.8, 0.7, 0.1], "P_max": [0.45, 0.2, 0.3, 0.05],
+            "S_max": [0.516443, 0.516443, 0.516443, 0.516443],
+        }
+    )  # fmt: skip
+    row = score_picks(picks, metadata)
+    assert row["P_max_prob"] == pytest.approx(0.45) and row["P_median_window_max"] == pytest.approx(0.3)
+    assert row["S_windows_at_max"] == 4 and row["S_max_prob"] == pytest.approx(0.516443)
+    assert row["S_median_window_max"] == pytest.approx(0.516443)  # over the 2 windows with an S label
+    assert row["detection_max_prob"] == pytest.approx(0.9)
+    scores = scores_for_json(row)
+    assert scores["P"]["max_prob"] == pytest.approx(0.45) and scores["S"]["windows_at_max"] == 4
+    assert math.isnan(output_stats(picks.drop(columns="P_max"), "P")["P_max_prob"])  # STA/LTA: no output
+
+
+def test_random_offset_windows_keep_the_labels_on_the_arrivals(ncedc):
+    """offset_seed puts P at a random sub-sample position; the waveform moves with the label."""
+    from seisbench_feq.data import load_ncedc, read_ncedc_npz
+    from seisbench_feq.evaluation import load_labelled_windows
+
+    root = shared_path("data", "ncedc")
+    w0, md0 = load_labelled_windows(root, limit=8)  # the protocol default: seed 0
+    w1, md1 = load_labelled_windows(root, limit=8, offset_seed=1)
+    wn, mdn = load_labelled_windows(root, limit=8, offset_seed=None)
+    ref_w, ref_md = load_ncedc(root, offset_seed=0, names=list(md0["file_name"]))
+    np.testing.assert_array_equal(w0, ref_w)
+    assert (md0["p_sample"] % 1 != 0).all() and (mdn["p_sample"] % 1 == 0).all()
+    assert (md0["p_sample"] != md1["p_sample"]).all()
+    assert ((md0["p_sample"] >= 500) & (md0["p_sample"] < 2500)).all()
+    np.testing.assert_allclose(md0["s_sample"] - md0["p_sample"], mdn["s_sample"] - mdn["p_sample"])
+    _, md0_again = load_labelled_windows(root, limit=8)
+    pd.testing.assert_frame_equal(md0, md0_again)  # the same seed gives the same windows
+    # the waveform moves with the label by the sub-sample part: window sample j is trace sample
+    # itp - p_sample + j (a linear interpolation of the raw trace matches it best without extra shift)
+    for i in range(4):
+        rec = read_ncedc_npz(root / md0.loc[i, "file_name"])
+        z = rec["data"][:, 2] - rec["data"][:, 2].mean()
+        errors = []
+        for extra in (0.0, 0.5, -0.5):
+            times = rec["itp"] - md0.loc[i, "p_sample"] + np.arange(6000) + extra
+            expected = np.interp(times, np.arange(len(z)), z)
+            got = w0[i, 0] - w0[i, 0].mean()
+            errors.append(np.linalg.norm(got - (expected - expected.mean())) / np.linalg.norm(expected))
+        assert errors[0] < min(errors[1:]), errors
+
+
+def test_evaluate_on_ncedc_offset_seed(ncedc):
+    from seisbench_feq.evaluation import evaluate_on_ncedc
+
+    root = shared_path("data", "ncedc")
+    random_pos = evaluate_on_ncedc({"STA/LTA": StaLtaPicker()}, root, split="all", costs=False, progress=False)
+    fixed = evaluate_on_ncedc(
+        {"STA/LTA": StaLtaPicker()}, root, split="all", offset_seed=None, costs=False, progress=False
+    )
+    assert random_pos.loc["STA/LTA", "n_windows"] == fixed.loc["STA/LTA", "n_windows"] == len(ncedc[1])
+    assert random_pos.loc["STA/LTA", "P_res_mean_s"] != fixed.loc["STA/LTA", "P_res_mean_s"]
+    assert random_pos.loc["STA/LTA", "pick_mode"] == "peak"
+
+
+# --- continuous data ----------------------------------------------------------------------------
+
+
+def test_continuous_scores_on_constructed_picks():
+    from obspy import UTCDateTime
+
+    from seisbench_feq.evaluation.continuous import grid_shifts, score_continuous
+
+    t0 = UTCDateTime("2014-04-01T00:00:00.000")
+    key = ("f", "CX.A.")
+
+    def frame(rows):
+        return pd.DataFrame(
+            [{"model": "m", "file": "f", "trace_id": "CX.A.", "phase": ph, "time": t0 + dt, "probability": 0.9}
+             for ph, dt in rows]  # fmt: skip
+        )
+
+    reference = frame([("P", 100.37), ("S", 105.0)])
+    picks = frame([("P", 100.5), ("P", 300.0), ("S", 300.2), ("S", 700.0), ("P", 800.01)])
+    row = score_continuous(picks, reference, {key: t0}, {key: (t0, 1200.0)})
+    assert (row["P_picks"], row["S_picks"]) == (3, 2)
+    assert row["P_on_whole_seconds_pct"] == pytest.approx(200 / 3)  # 300.0 and 800.01 (one sample)
+    assert row["S_on_whole_seconds_pct"] == pytest.approx(50)
+    assert row["S_near_own_P_pct"] == pytest.approx(50)  # 300.2 lies 0.2 s after the P at 300.0
+    assert row["reference_P_matched_pct"] == 100 and row["reference_S_matched_pct"] == 0
+    assert row["P_confirmed_by_reference_pct"] == pytest.approx(100 / 3)
+    assert row["noise_hours"] == pytest.approx(600 / 3600)  # the second block has no reference pick
+    assert row["noise_picks"] == 2 and row["noise_picks_per_hour"] == pytest.approx(12)
+    assert grid_shifts(8) == [0, 13, 25, 38, 50, 63, 75, 88] and grid_shifts(1) == [0]
+
+
+@pytest.mark.timeout(600)
+def test_cli_continuous_check_on_real_hours(tmp_path, capsys):
+    """The continuous check on the first 4 minutes of both CX stations of one held-out day."""
+    from seisbench_feq.cli import main
+
+    cx = shared_path("data", "cx_continuous", "CX_20140401")
+    h5 = shared_path("weights", "eqtransformer_original", "EqT_original_model.h5")
+    out = tmp_path / "cont"
+    argv = [
+        "evaluate", "feq3", f"eqt-original:{h5}", "--continuous", str(cx), "--continuous-seconds", "240",
+        "--continuous-reference", f"eqt-original:{h5}", "--continuous-shifts", "4", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    table = pd.read_csv(out / "continuous.csv", index_col="model")
+    reference = "reference: EqT original (converted), 4 grid shifts averaged"
+    assert list(table.index) == [reference, "FEQ3 (default)", "EqT original (converted)"]
+    picks = pd.read_csv(out / "continuous_picks.csv")
+    assert set(picks["file"]) == {"CX_20140401/CX.PB01..HH.mseed", "CX_20140401/CX.PB02..HH.mseed"}
+    for model, row in table.iterrows():
+        mine = picks[picks["model"] == model]
+        assert row["P_picks"] == (mine["phase"] == "P").sum() and row["S_picks"] == (mine["phase"] == "S").sum()
+    eqt = table.loc["EqT original (converted)"]
+    assert eqt["P_picks"] > 0 and eqt["P_on_whole_seconds_pct"] > 50  # EqT's grid prior on continuous data
+    assert table.loc["FEQ3 (default)", "P_picks"] > 0
+    assert table.loc[reference, "reference_P_matched_pct"] == 100  # the reference agrees with itself
+    report = (out / "evaluation.md").read_text()
+    assert "## Continuous data" in report and "| FEQ3 (default) |" in report
+    assert "## Continuous data" in capsys.readouterr().out
+
+
+class _GridLockedPicker:
+    """A stand-in for EQTransformer on continuous data: one arrival that stays put, one that it
+    snaps to a whole second of its window grid (it moves with the stream start), and an artefact
+    that only the unshifted stream shows."""
+
+    sampling_rate = 100.0
+    default_args = {"P_threshold": 0.3, "S_threshold": 0.3}
+
+    def __init__(self, start, stable, snapped, artefact):
+        self.start, self.stable, self.snapped, self.artefact = start, stable, snapped, artefact
+
+    def annotate(self, stream):
+        import obspy
+
+        begin = min(tr.stats.starttime for tr in stream)
+        n = int(round((max(tr.stats.endtime for tr in stream) - begin) * 100)) + 1
+        t = np.arange(n) / 100.0
+
+        def bump(at):
+            return 0.9 * np.exp(-0.5 * ((t - (at - begin)) / 0.1) ** 2)
+
+        p = bump(self.stable) + bump(begin + round(self.snapped - begin))
+        if abs(begin - self.start) < 1e-6:
+            p += bump(self.artefact)
+        header = {"network": "CX", "station": "PB01", "location": "", "sampling_rate": 100.0, "starttime": begin}
+        return obspy.Stream([obspy.Trace(p.astype(np.float32), {**header, "channel": "X_P"}),
+                             obspy.Trace(np.zeros(n, np.float32), {**header, "channel": "X_S"})])  # fmt: skip
+
+
+def test_grid_free_reference_rules_on_a_grid_locked_picker():
+    import obspy
+
+    from seisbench_feq.evaluation.continuous import consensus_picks, grid_shifts, reference_picks
+
+    t0 = obspy.UTCDateTime("2014-04-01T00:00:00")
+    stream = obspy.Stream(
+        [obspy.Trace(np.zeros(30000, np.float32), {"network": "CX", "station": "PB01", "channel": f"HH{c}",
+                                                    "sampling_rate": 100.0, "starttime": t0}) for c in "ZNE"]
+    )  # fmt: skip
+    model = _GridLockedPicker(t0, stable=t0 + 100.37, snapped=t0 + 200.44, artefact=t0 + 250.0)
+    shifts = grid_shifts(8)
+    averaged = reference_picks(model, stream, shifts, "ref", "f")
+    consensus = consensus_picks(model, stream, shifts, "ref", "f")
+    times = lambda frame: sorted(round(float(t - t0), 2) for t in frame["time"])  # noqa: E731
+    # averaging keeps the arrival that stays put; the snapped one and the artefact fall below 0.3
+    assert times(averaged) == [100.37]
+    # consensus keeps both real arrivals, the snapped one near its true time, never the artefact
+    found = times(consensus)
+    assert len(found) == 2 and found[0] == pytest.approx(100.37, abs=0.02) and abs(found[1] - 200.44) < 0.2

@@ -26,8 +26,8 @@ from seisbench_feq.export import (
     quantize_weights_int8,
     run_onnx,
 )
-from seisbench_feq.inference import use_backend
 from seisbench_feq.models import preprocess_windows
+from seisbench_feq.models.backends import use_backend
 
 pytest.importorskip("onnxruntime")
 

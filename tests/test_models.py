@@ -219,17 +219,200 @@ def test_public_api():
     assert FEQ3().labels == ["Detection", "P", "S"] and FEQ3().component_order == "ZNE"
 
 
-@pytest.mark.timeout(180)
-def test_demo_picks_the_bundled_earthquake(tmp_path):
-    """`make demo`: shipped FEQ3 on ObsPy's SEISAN event (P near 14:52:34.9) writes a CSV and a plot."""
-    import pandas as pd
+# --- argument checks: these used to hang forever ---------------------------------------------------
 
-    from seisbench_feq.demo import run_demo
 
-    result = run_demo(tmp_path)
-    picks = pd.read_csv(result["csv"])
-    assert result["figure"].stat().st_size > 10_000
-    assert len(picks) == len(result["picks"]) >= 1
-    times = [obspy.UTCDateTime(t) for t in picks["time"]]
-    # every pick lies on the earthquake, between its P and the end of its S coda
-    assert all(obspy.UTCDateTime("2005-07-23T14:52:33") <= t <= obspy.UTCDateTime("2005-07-23T14:52:50") for t in times)
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"overlap": 6000}, "overlap=6000"),
+        ({"overlap": 1.5}, "overlap=1.5"),
+        ({"stacking": "foo"}, "stacking='foo'"),
+        ({"pick_mode": "best"}, "pick_mode='best'"),
+        ({"P_threshold": 0}, "P_threshold=0"),
+    ],
+)
+def test_bad_annotate_arguments_fail_fast(kwargs, message):
+    model = FEQ3()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        model.classify(event_stream(), **kwargs)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        model.annotate(event_stream(), **kwargs)
+
+
+# --- the stream cleaner -------------------------------------------------------------------------------
+
+
+def _cx(minutes: float = 15):
+    from conftest import shared_path
+
+    root = shared_path("data", "cx_continuous", "sds", "2014", "CX", "PB01")
+    stream = obspy.Stream()
+    for channel in ("HHZ", "HHN", "HHE"):
+        stream += obspy.read(str(root / f"{channel}.D" / f"CX.PB01..{channel}.D.2014.121"))
+    t0 = min(tr.stats.starttime for tr in stream)
+    return stream.trim(t0, t0 + minutes * 60)
+
+
+@pytest.fixture(scope="module")
+def feq3_default():
+    return FEQ3.from_pretrained("default")
+
+
+@pytest.fixture(scope="module")
+def cx_reference(feq3_default):
+    stream = _cx()
+    return stream, feq3_default.annotate(stream), feq3_default.classify(stream).picks
+
+
+def _pick_keys(picks):
+    return [(p.phase, round(float(p.peak_time.timestamp), 2)) for p in picks]
+
+
+@pytest.mark.timeout(300)
+def test_overlap_conflict_keeps_the_rest_and_names_trace_and_span(feq3_default, cx_reference, seisbench_warnings):
+    stream, reference, _ = cx_reference
+    z = stream.select(channel="HHZ")[0]
+    t0 = z.stats.starttime
+    first, second = z.slice(t0, t0 + 400), z.slice(t0 + 390, z.stats.endtime).copy()
+    second.data = second.data.copy()
+    second.data[:1000] += 1000  # the two records disagree on all 10 s of their overlap
+    broken = stream.select(channel="HH[NE]") + first + second
+    annotations = feq3_default.annotate(broken)
+    text = seisbench_warnings.text
+    assert "CX.PB01..HHZ: overlapping records disagree on 1000 samples" in text
+    assert str(t0 + 390) in text  # the span is named
+    # nothing is lost: the annotations still cover the whole span (the conflict is a short gap in Z)
+    for ref, got in zip(sorted(reference, key=lambda t: t.id), sorted(annotations, key=lambda t: t.id)):
+        assert got.stats.starttime - ref.stats.starttime < 0.02 and ref.stats.endtime - got.stats.endtime < 0.02
+
+
+@pytest.mark.timeout(300)
+def test_identical_overlap_is_merged_silently(feq3_default, cx_reference, seisbench_warnings):
+    stream, _, reference_picks = cx_reference
+    z = stream.select(channel="HHZ")[0]
+    t0 = z.stats.starttime
+    doubled = stream.select(channel="HH[NE]") + z.slice(t0, t0 + 400) + z.slice(t0 + 390, z.stats.endtime)
+    assert _pick_keys(feq3_default.classify(doubled).picks) == _pick_keys(reference_picks)
+    assert "overlapping" not in seisbench_warnings.text
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["all", "one"])
+def test_values_beyond_float32_are_scaled_not_lost(feq3_default, cx_reference, how, seisbench_warnings):
+    stream, _, reference_picks = cx_reference
+    huge = stream.copy()
+    for trace in huge:
+        trace.data = trace.data.astype(np.float64)
+        if how == "all":
+            trace.data *= 2.0**126  # about 8.5e37 x the counts
+    if how == "one":
+        huge.select(channel="HHZ")[0].data[30000] = 1e39
+    picks = feq3_default.classify(huge).picks
+    annotations = feq3_default.annotate(huge)
+    assert all(np.isfinite(tr.data).all() for tr in annotations)
+    assert "beyond what float32 windows can normalise" in seisbench_warnings.text
+    assert "CX.PB01..HH" in seisbench_warnings.text
+    if how == "all":  # an exact power-of-two scale: the same picks
+        assert _pick_keys(picks) == _pick_keys(reference_picks)
+
+
+@pytest.mark.timeout(300)
+def test_rate_within_tolerance_is_nominal(feq3_default, cx_reference, seisbench_warnings):
+    stream, _, reference_picks = cx_reference
+    off = stream.copy()
+    for trace in off:
+        trace.stats.sampling_rate = 100.0001
+    picks = feq3_default.classify(off).picks
+    assert "resampling" not in seisbench_warnings.text
+    assert len(picks) == len(reference_picks)
+    assert max(abs(a[1] - b[1]) for a, b in zip(_pick_keys(picks), _pick_keys(reference_picks))) < 0.1
+
+
+@pytest.mark.timeout(120)
+def test_messages_are_true(seisbench_warnings):
+    stream = event_stream()
+    stream.resample(100.0)
+    short = stream.copy().trim(endtime=stream[0].stats.starttime + 59.99 - 0.005)  # 5999 samples
+    FEQ3().annotate(short)
+    assert "is 59.99 s long, shorter than one 60 s window" in seisbench_warnings.text
+    seisbench_warnings.clear()
+    nan = stream.copy()
+    for trace in nan:
+        trace.data = trace.data.astype(np.float64)
+    nan.select(channel="BHZ")[0].data[1000:1300] = np.nan
+    annotations = FEQ3().annotate(nan)
+    assert "left unannotated" not in seisbench_warnings.text
+    assert "zero-filled where other components" in seisbench_warnings.text
+    assert all(not np.isnan(tr.data).any() for tr in annotations)
+
+
+@pytest.mark.timeout(300)
+def test_each_warning_once_per_trace_and_call(feq3_default, cx_reference, seisbench_warnings):
+    stream, _, _ = cx_reference
+    lower = stream.copy()
+    for trace in lower:
+        trace.stats.channel = trace.stats.channel.lower()
+        trace.data = trace.data.astype(np.float64)
+        trace.data[1000:1100] = np.nan
+        trace.data[50000:50100] = np.nan
+    feq3_default.classify(lower, chunk_seconds=120)  # many pieces, one message per trace
+    messages = [r.getMessage() for r in seisbench_warnings.records]
+    for channel in ("hhz", "hhn", "hhe"):
+        assert sum(f"channel code of CX.PB01..{channel} upper-cased" in m for m in messages) == 1
+        assert sum(f"CX.PB01..{channel.upper()} has 200 masked/NaN samples" in m for m in messages) == 1
+
+
+# --- pick modes ---------------------------------------------------------------------------------------
+
+
+def _annotation_stream(det, p, s, model="FEQ3", rate=100.0):
+    start = obspy.UTCDateTime(2020, 1, 1)
+    header = dict(network="XX", station="STA", location="", sampling_rate=rate, starttime=start)
+    return obspy.Stream(
+        [obspy.Trace(np.asarray(x, dtype=np.float32), dict(header, channel=f"{model}_{label}"))
+         for label, x in (("Detection", det), ("P", p), ("S", s))]
+    ), start
+
+
+def test_eqt_pick_mode_on_streams_and_arrays_agree():
+    from seisbench_feq.models.picking import classify_picks, eqt_window_picks, picks_from_windows
+
+    n = 6000
+    det, p, s = np.zeros(n), np.zeros(n), np.zeros(n)
+    det[1000:3000] = 0.9
+    p[[1099, 1100, 1101, 1199, 1200, 1201, 3999, 4000, 4001]] = [0.3, 0.4, 0.3, 0.5, 0.8, 0.5, 0.8, 0.9, 0.8]
+    s[[1999, 2000, 2001, 2499, 2500, 2501]] = [0.4, 0.5, 0.4, 0.8, 0.9, 0.8]
+    thresholds = {"detection": 0.5, "P": 0.3, "S": 0.3}
+    # EqT: the first S inside the detection (2000, not the higher 2500), the highest P before it
+    # (1200); the P at 4000 lies outside every detection.
+    assert eqt_window_picks(det, p, s) == ([1200], [2000])
+    window = picks_from_windows(np.stack([det, p, s])[None], thresholds, pick_mode="eqt")[0]
+    assert [k for k, _ in window.P] == [1200] and [k for k, _ in window.S] == [2000]
+    peak = picks_from_windows(np.stack([det, p, s])[None], thresholds, pick_mode="peak")[0]
+    assert [k for k, _ in peak.P] == [1100, 1200, 4000] and [k for k, _ in peak.S] == [2000, 2500]
+    stream, start = _annotation_stream(det, p, s)
+    picks = classify_picks(stream, "FEQ3", "PS", thresholds, pick_mode="eqt")
+    assert [(pk.phase, round(pk.peak_time - start, 2)) for pk in picks] == [("P", 12.0), ("S", 20.0)]
+    assert picks[0].trace_id == "XX.STA."
+    peaks = classify_picks(stream, "FEQ3", "PS", thresholds, pick_mode="peak")
+    assert sorted(round(pk.peak_time - start, 2) for pk in peaks) == [11.0, 12.0, 20.0, 25.0, 40.0]
+
+
+@pytest.mark.timeout(300)
+def test_classify_pick_mode_eqt_on_real_data(feq3_default, cx_reference):
+    from obspy.signal.trigger import trigger_onset
+
+    stream, annotations, peak_picks = cx_reference
+    eqt = feq3_default.classify(stream, pick_mode="eqt").picks
+    assert len(feq3_default.classify(stream, pick_mode="peak").picks) == len(peak_picks)
+    assert 0 < len(eqt) < len(peak_picks)
+    det = annotations.select(channel="FEQ3_Detection")[0]
+    t0, rate = det.stats.starttime, det.stats.sampling_rate
+    events = [(t0 + a / rate, t0 + b / rate) for a, b in trigger_onset(det.data, 0.5, 0.5) if b - a >= 10]
+    s_per_event = [sum(1 for pk in eqt if pk.phase == "S" and a < pk.peak_time < b) for a, b in events]
+    assert max(s_per_event) == 1 and sum(s_per_event) == sum(pk.phase == "S" for pk in eqt)
+    for pick in eqt:  # P from 1 s before its detection on, never after the detection's end
+        assert any(a - 1.0 < pick.peak_time < b for a, b in events)

@@ -1,6 +1,6 @@
 """Every speed and memory optimisation computes what the straightforward path computes, on real data.
 
-- the fused forward pass (``seisbench_feq.inference``) against the plain modules;
+- the fused forward pass (``seisbench_feq.models.fast``) against the plain modules;
 - the fast additive attention against SeisBench's ``SeqSelfAttention``;
 - chunked annotate against a single pass over the segment;
 - the bounded-memory pick extraction against SeisBench's / ObsPy's;
@@ -27,18 +27,11 @@ from obspy.signal.trigger import trigger_onset
 from seisbench.models.eqtransformer import SeqSelfAttention
 
 from seisbench_feq import FEQ1, FEQ2, FEQ3, LEQNet
-from seisbench_feq import inference
-from seisbench_feq.inference import (
-    _chunk_plan,
-    additive_attention,
-    detections_from_annotations,
-    fused_forward,
-    picks_from_annotations,
-    set_inference_backend,
-    trigger_onsets,
-    use_backend,
-)
-from seisbench_feq.models import normalize_windows
+from seisbench_feq.models import annotate, fast, normalize_windows
+from seisbench_feq.models.annotate import _chunk_plan
+from seisbench_feq.models.backends import set_inference_backend, use_backend
+from seisbench_feq.models.fast import additive_attention, fused_forward
+from seisbench_feq.models.picking import detections_from_annotations, picks_from_annotations, trigger_onsets
 
 PROB_ATOL = 1e-5  # fused vs plain probabilities: float32 rounding of a rearranged sum
 
@@ -325,7 +318,7 @@ def test_onnxruntime_backend_falls_back_when_missing(monkeypatch, caplog, window
     torch.manual_seed(8)
     model = FEQ3().eval()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # "import onnxruntime" raises ImportError
-    caplog.set_level(logging.WARNING, logger="seisbench_feq.inference")
+    caplog.set_level(logging.WARNING, logger="seisbench_feq.models.backends")
     with torch.no_grad():
         expected = model(windows)
         with use_backend(model, "onnxruntime"):
@@ -337,4 +330,4 @@ def test_onnxruntime_backend_falls_back_when_missing(monkeypatch, caplog, window
 
 
 def test_module_constants_are_sane():
-    assert inference.FUSED_BATCH >= 16 and inference.DEFAULT_CHUNK_SECONDS >= 600
+    assert fast.FUSED_BATCH >= 16 and annotate.DEFAULT_CHUNK_SECONDS >= 600

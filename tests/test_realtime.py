@@ -31,6 +31,16 @@ from seedlink_server import SeedLinkTestServer  # noqa: E402
 T0 = obspy.UTCDateTime(2014, 5, 1, 1, 30)  # an hour with many aftershocks at both stations
 STREAMS = "CX.PB01..HH?,CX.PB02..HH?"
 TOLERANCE = 0.1
+# only `realtime` is registered: another subcommand's breakage cannot fail these tests
+CONSOLE_SCRIPT = ("import sys; import seisbench_feq.cli as cli; "
+                  "cli.SUBCOMMAND_MODULES[:] = ['seisbench_feq.realtime']; sys.exit(cli.main(sys.argv[1:]))")
+
+
+@pytest.fixture(autouse=True)
+def _only_realtime(monkeypatch):
+    import seisbench_feq.cli as cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["seisbench_feq.realtime"])
 
 
 def _sds():
@@ -140,12 +150,22 @@ def test_replay_matches_classify_and_writes_outputs(model, tmp_path):
     with open(tmp_path / "picks.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == CSV_COLUMNS
-    assert [(r["station"], r["phase"], r["time"]) for r in rows] == [
+    assert [(f'{r["network"]}.{r["station"]}.{r["location"]}', r["phase"], r["time"]) for r in rows] == [
         (p.trace_id, p.phase, str(p.time)) for p in picks]
+    # P on the vertical, S on a horizontal, with amplitude and SNR measured on the ring buffer
+    assert all(r["channel"][-1] == ("Z" if r["phase"] == "P" else r["channel"][-1]) for r in rows)
+    assert all(r["channel"][-1] in "NE12" for r in rows if r["phase"] == "S")
+    assert all(r["trace_id"] == f'{r["network"]}.{r["station"]}.{r["location"]}.{r["channel"]}' for r in rows)
+    assert all(float(r["amplitude"]) > 0 and r["amplitude_unit"] == "counts" for r in rows)
     events = sorted((tmp_path / "events").glob("*.xml"))
-    assert events and len(events) == picker.stats["detections"]
+    # one file per detection that has picks; none without picks
+    assert events and len(events) == len(picker.events_written)
+    assert len(events) + picker.stats["detections_without_picks"] == picker.stats["detections"]
     event_picks = [pick for path in events for pick in obspy.read_events(str(path))[0].picks]
+    assert all(len(obspy.read_events(str(path))[0].picks) > 0 for path in events)
     assert event_picks and all(p.evaluation_mode == "automatic" and p.phase_hint in "PS" for p in event_picks)
+    assert all(p.waveform_id.channel_code[-1] == "Z" for p in event_picks if p.phase_hint == "P")
+    assert all(p.waveform_id.channel_code[-1] in "NE12" for p in event_picks if p.phase_hint == "S")
     assert {(p.waveform_id.station_code, round(p.time.timestamp, 3)) for p in event_picks} <= {
         (p.trace_id.split(".")[1], round(p.time.timestamp, 3)) for p in picks}
     for key in ("CX.PB01.", "CX.PB02."):
@@ -276,9 +296,15 @@ def test_malformed_records_are_logged_and_skipped(model, tmp_path, caplog):
     bad = tmp_path / "bad.mseed"
     bad.write_bytes(bytes(raw))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="seisbench_feq.realtime"):
+    with caplog.at_level(logging.WARNING):
         records = list(ReplaySource(bad, speed=0).records())
-    assert len(records) == len(raw) // 512 - 1
+    # every sample but those of the zeroed record is replayed (ObsPy skips the bad record)
+    from obspy.io.mseed.util import get_record_information
+
+    with open(good, "rb") as fh:
+        fh.seek(512 * 3)
+        lost_samples = get_record_information(fh)["npts"]
+    assert sum(tr.stats.npts for tr in records) == sum(tr.stats.npts for tr in stream) - lost_samples
     assert any("bad.mseed" in r.getMessage() and "1536" in r.getMessage() for r in caplog.records)
 
 
@@ -287,7 +313,7 @@ def test_cli_replay_ctrl_c_flushes_outputs(tmp_path):
     """SIGINT to ``seisbench-feq realtime``: the buffered data is finished, every output flushed."""
     out = tmp_path / "picks.csv"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "seisbench_feq.cli", "realtime", "--replay", str(_sds()),
+    command = [sys.executable, "-c", CONSOLE_SCRIPT, "realtime", "--replay", str(_sds()),
                "--streams", "CX.PB01..HH?", "--start", str(T0), "--end", str(T0 + 20 * 60), "--speed", "20",
                *_cli_model(), "--out", str(out),
                "--quakeml-dir", str(tmp_path / "events"), "--plot-dir", str(tmp_path / "plots"),
@@ -347,7 +373,118 @@ def test_bad_configuration_is_named():
         parse_streams("CX.PB01.HH?")
     with pytest.raises(RealtimeError, match="does not exist"):
         ReplaySource("/nonexistent/archive", speed=0)
-    with pytest.raises(RealtimeError, match="start and end"):
-        ReplaySource(_sds(), speed=0)
+    # an SDS replay without start/end replays the data's own span (as `pick` does)
+    first = next(ReplaySource(_sds(), streams="CX.PB01..HHZ", speed=0).records())
+    assert first.stats.starttime < obspy.UTCDateTime(2014, 5, 1, 0, 0, 1)
+    with pytest.raises(RealtimeError, match="cannot understand start time 'yesterday'"):
+        ReplaySource(_sds(), start="yesterday", speed=0)
     with pytest.raises(RealtimeError, match="streams"):
         SeedLinkSource("127.0.0.1:1", "")
+
+
+# ---- late records, odd rates, lower-case codes, hostile codes (the audit's cases) ------------
+
+
+def _records(start, seconds, streams="CX.PB01..HH?"):
+    return list(ReplaySource(_sds(), streams=streams, start=start, end=start + seconds, speed=0).records())
+
+
+def _drive(model, records, **kwargs):
+    picker = RealtimePicker(model, **kwargs)
+    for trace in records:
+        picker.feed(trace.copy())
+        picker.process_pending()
+    picker.flush()
+    return picker
+
+
+def _keys(picks):
+    return [(p.trace_id, p.phase, round(p.time.timestamp, 2)) for p in picks]
+
+
+@pytest.fixture(scope="module")
+def in_order(model):
+    records = _records(T0, 4 * 60)
+    return records, _drive(model, records)
+
+
+@pytest.mark.timeout(300)
+def test_out_of_order_records_are_reordered_and_give_the_same_picks(model, in_order, caplog):
+    records, reference = in_order
+    assert len(reference.picks) >= 3
+    # swap 10 % of consecutive same-channel records (what a reconnect does) ...
+    swapped = list(records)
+    rng = np.random.default_rng(0)
+    by_channel = {}
+    for i, tr in enumerate(swapped):
+        by_channel.setdefault(tr.id, []).append(i)
+    for positions in by_channel.values():
+        for k in rng.choice(len(positions) - 1, size=max(1, len(positions) // 10), replace=False):
+            a, b = positions[k], positions[k + 1]
+            swapped[a], swapped[b] = swapped[b], swapped[a]
+    # ... and shuffle whole 20 s blocks of the feed
+    shuffled = []
+    for i in range(0, len(records), 12):
+        block = records[i:i + 12]
+        shuffled += [block[j] for j in rng.permutation(len(block))]
+    for feed in (swapped, shuffled):
+        with caplog.at_level(logging.WARNING):
+            caplog.clear()
+            picker = _drive(model, feed)
+        assert _keys(picker.picks) == _keys(reference.picks)
+        assert picker.stats["gaps"] == 0 and picker.stats["held_records"] > 0
+        assert not [r for r in caplog.records if "gap" in r.getMessage()]
+
+
+@pytest.mark.timeout(300)
+def test_a_record_later_than_the_reorder_window_is_logged_with_its_gap(model, in_order, caplog):
+    records, _ = in_order
+    late_index = next(i for i, tr in enumerate(records) if tr.stats.channel == "HHZ" and i > 20)
+    late = records[late_index]
+    feed = records[:late_index] + records[late_index + 1:late_index + 40] + [late] + records[late_index + 40:]
+    with caplog.at_level(logging.WARNING, logger="seisbench_feq.realtime"):
+        picker = _drive(model, feed, reorder_window=10.0)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    gap = [m for m in messages if "gap of" in m and "HHZ" in m]
+    assert len(gap) == 1 and f"{late.stats.npts / 100:.2f} s" in gap[0]
+    assert any("arrived after its gap was given up" in m for m in messages)
+    assert picker.stats["late_samples_dropped"] == late.stats.npts
+    assert any("gap(s)" in line for line in picker.summary())
+
+
+@pytest.mark.timeout(300)
+def test_a_1ppm_rate_error_and_lower_case_channels_keep_every_pick(model, in_order):
+    records, reference = in_order
+    odd = []
+    for tr in records:
+        tr = tr.copy()
+        tr.stats.sampling_rate = 100.0001
+        tr.stats.channel = tr.stats.channel.lower()
+        odd.append(tr)
+    picker = _drive(model, odd)
+    assert picker.stats["bad_records"] == 0
+    assert len(picker.picks) == len(reference.picks)
+    for got, ref in zip(picker.picks, reference.picks):
+        assert (got.trace_id, got.phase) == (ref.trace_id, ref.phase)
+        assert abs(got.time - ref.time) <= 0.01
+
+
+@pytest.mark.timeout(300)
+def test_hostile_station_codes_write_only_inside_the_output_folders(model, tmp_path):
+    stream = _sds_stream(T0, T0 + 3 * 60, "CX.PB01..HH?")
+    for tr in stream:
+        tr.stats.network, tr.stats.station = "/", "../E"
+    path = tmp_path / "in" / "hostile.mseed"
+    path.parent.mkdir()
+    stream.write(str(path), format="MSEED", reclen=512)
+    out = tmp_path / "out"
+    out.mkdir()
+    root_before = set(Path("/").glob(".*"))
+    picker = RealtimePicker(model, csv_path=out / "picks.csv", quakeml_dir=out / "events",
+                            plot_dir=out / "plots", plot_interval=1.0)
+    picks = picker.run(ReplaySource(path, speed=0))
+    assert picks and set(Path("/").glob(".*")) == root_before
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]
+    assert written and all(out in p.parents for p in written)
+    assert all(p.parent in (out, out / "events", out / "plots") for p in written)
+    assert {p.trace_id for p in picks} == {"_.___E."}

@@ -264,6 +264,13 @@ def test_cli_train_on_stead_fixture(stead_source, isolated_cache, tmp_path):
     trained = torch.load(weights / "default.pt.v1")
     assert any(not torch.equal(trained[k], v) for k, v in FEQ3().state_dict().items() if v.is_floating_point())
 
+    # --resume continues from last.ckpt, loaded as data only (weights_only=True), and keeps the commands
+    resume = argv[:-2] + ["--max-steps", "3", "--resume"]  # argparse keeps the last --max-steps
+    assert main(resume) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"]["steps"] == 3 and len(summary["commands"]) == 2
+    assert "--max-steps 3" in summary["commands"][1] and "--resume" in summary["commands"][1]
+
     # A continuation records the chain of commands that led to its weights.
     argv2 = argv[:-2] + [  # a repeated --out: argparse keeps the last
         "--out", str(tmp_path / "run2"), "--init", str(weights / "default"), "--highpass", "0",
@@ -276,7 +283,7 @@ def test_cli_train_on_stead_fixture(stead_source, isolated_cache, tmp_path):
     assert FEQ3.load(tmp_path / "weights2" / "default", version_str="1").highpass is None
 
 
-def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch):
+def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch, capsys):
     """Distillation on real CX data + NCEDC with a random teacher: held-out stations are never read."""
     import obspy
 
@@ -323,6 +330,20 @@ def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch):
     assert main(argv[:-2] + ["--out", str(tmp_path / "run2")]) == 0
     assert [p.stat().st_mtime_ns for p in sorted(cache.rglob("*.npy"))] == stamps
 
+    # the validation pick F1 of both runs, read back from their real CSV logs and plotted
+    from seisbench_feq.training import validation_history
+
+    history = validation_history(out)
+    assert len(history) >= 1 and history["windows_seen"].iloc[-1] == 2  # 1 step x batch 2
+    assert history[["val_f1_P", "val_f1_S"]].apply(lambda c: c.between(0, 1)).all().all()
+    png = tmp_path / "curves.png"
+    assert main(["train-report", str(out), str(tmp_path / "run2"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "leqnet (run)" in printed and "leqnet (run2)" in printed and "best P F1" in printed
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        validation_history(tmp_path / "cx")
+
 
 def test_warm_start_copies_matching_tensors(tmp_path):
     """FEQ2 starts from FEQ3 weights: all but the BiLSTM -> BiGRU stack are copied."""
@@ -356,3 +377,68 @@ def test_teacher_pick_targets_sharpen_teacher_peaks():
     assert np.nanmax(out[2]) == 0
     np.testing.assert_array_equal(out[0, 100:], probs[0, 100:])  # detection stays soft
     assert np.isnan(out[:, :100]).all() and not np.isnan(out[:, 100:]).any()
+
+
+def test_train_takes_keyword_arguments_only_from_its_defaults(tmp_path):
+    from seisbench_feq.training import TRAIN_DEFAULTS, train
+
+    with pytest.raises(TypeError, match="unknown options"):
+        train(modle="feq3")
+    with pytest.raises(ValueError, match="--dataset"):
+        train(out=str(tmp_path / "run"))  # neither a dataset nor distillation
+    assert TRAIN_DEFAULTS["teacher_grid_shifts"] == (0,) and TRAIN_DEFAULTS["select_on"] == "loss"
+
+
+class _GridLockedTeacher:
+    """A teacher that snaps one arrival to a whole second of its window grid (it moves with the
+    stream start), keeps another in place, and shows an artefact only on the unshifted grid."""
+
+    labels = ["Detection", "P", "S"]
+
+    def __init__(self, start, stable_s, snapped_s, artefact_s):
+        self.start, self.stable, self.snapped, self.artefact = start, stable_s, snapped_s, artefact_s
+
+    def annotate(self, stream):
+        import obspy
+
+        begin = stream[0].stats.starttime
+        n = stream[0].stats.npts
+        t = np.arange(n) / 100.0 + (begin - self.start)  # seconds from the unshifted start
+
+        def bump(at):
+            return 0.9 * np.exp(-0.5 * ((t - at) / 0.1) ** 2)
+
+        p = bump(self.stable) + bump((begin - self.start) + round(self.snapped - (begin - self.start)))
+        if abs(begin - self.start) < 1e-6:
+            p = p + bump(self.artefact)
+        header = {"network": "CX", "station": "PB01", "sampling_rate": 100.0, "starttime": begin}
+        rows = {"Detection": np.full(n, 0.8), "P": p, "S": np.zeros(n)}
+        return obspy.Stream([obspy.Trace(v.astype(np.float32), {**header, "channel": f"X_{k}"}) for k, v in rows.items()])
+
+
+def test_teacher_grid_rules_keep_arrivals_and_drop_artefacts():
+    import obspy
+
+    from seisbench_feq.training import teacher_pick_targets, teacher_probabilities
+
+    t0 = obspy.UTCDateTime("2014-05-01T00:00:00")
+    teacher = _GridLockedTeacher(t0, stable_s=100.37, snapped_s=200.44, artefact_s=250.0)
+    data = np.zeros((3, 30000), np.float32)
+    shifts = (0, 25, 50, 75)
+    single = teacher_pick_targets(teacher_probabilities(teacher, data, "CX.PB01", t0))
+    averaged = teacher_pick_targets(teacher_probabilities(teacher, data, "CX.PB01", t0, grid_shifts=shifts))
+    consensus = teacher_probabilities(teacher, data, "CX.PB01", t0, grid_shifts=shifts, grid_rule="consensus")
+
+    def peaks(row):
+        from scipy.signal import find_peaks
+
+        return list(find_peaks(np.nan_to_num(row), height=0.5)[0])
+
+    assert peaks(single[1]) == [10037, 20000, 25000]  # one grid: the snapped pick and the artefact
+    assert peaks(averaged[1]) == [10037]  # averaging drops the artefact, but also the snapped arrival
+    found = peaks(consensus[1])
+    assert len(found) == 2 and found[0] == 10037 and abs(found[1] - 20044) <= 10  # median of the grids
+    assert np.nanmax(consensus[1]) == pytest.approx(1.0) and not np.nanmax(consensus[2])
+    np.testing.assert_allclose(consensus[0][~np.isnan(consensus[0])], 0.8, rtol=1e-6)  # detection averaged
+    with pytest.raises(ValueError, match="grid_rule"):
+        teacher_probabilities(teacher, data, "CX.PB01", t0, grid_rule="median")

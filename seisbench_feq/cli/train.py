@@ -1,0 +1,175 @@
+"""``seisbench-feq train`` and ``seisbench-feq train-report``: train LEQNet/FEQ1-3, plot validation F1."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+
+def reproducing_command(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str], skip: tuple[str, ...] = ()
+) -> str:
+    """The command line that reproduces ``args``: ``words``, the positionals, then every option
+    whose value differs from its default (in the parser's order). Lists of ``nargs`` options are
+    written as separate words, tuples of one-word options joined by commas."""
+    parts = list(words)
+    options = []
+    for action in parser._actions:
+        if action.dest in ("help", "func", *skip) or action.dest is argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest, None)
+        if not action.option_strings:  # positional
+            parts += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            continue
+        if value == action.default:
+            continue
+        if value is None:  # an option switched off from a default (--offset-seed none)
+            options += [next((s for s in action.option_strings if s.startswith("--")), action.option_strings[-1]), "none"]
+            continue
+        flag = next((s for s in action.option_strings if s.startswith("--")), action.option_strings[-1])
+        if isinstance(action, argparse._StoreTrueAction):
+            options.append(flag)
+        elif isinstance(value, (list, tuple)) and action.nargs in ("+", "*"):
+            options += [flag, *map(str, value)]
+        elif isinstance(value, (list, tuple)):
+            options += [flag, ",".join(str(v) for v in value)]
+        else:
+            options += [flag, str(value)]
+    return shlex.join(parts + options)
+
+
+def _shifts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,25,50,75") from None
+
+
+def add_parser(subparsers) -> None:
+    from ..training.run import TRAIN_DEFAULTS as D
+
+    p = subparsers.add_parser(
+        "train",
+        help="train LEQNet/FEQ1-3 on a SeisBench dataset or by distillation from a teacher",
+        description="Train LEQNet / FEQ1-3 on a SeisBench dataset (STEAD converted offline) or by"
+        " distillation from a teacher on continuous data and NCEDC training stations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=D["model"], help="leqnet, feq1, feq2 or feq3")
+    data = p.add_argument_group("supervised data")
+    data.add_argument("--dataset", help="'stead' or a SeisBench-format dataset folder")
+    data.add_argument("--stead-basepath", help="folder with STEAD's merged.csv and merged.hdf5 (first use)")
+    data.add_argument("--stead-test-npy", help="EqT's test.npy (STEAD test trace names); default: hash split")
+    dist = p.add_argument_group("distillation")
+    dist.add_argument("--distill", action="store_true", help="learn from a teacher's probabilities")
+    dist.add_argument(
+        "--teacher",
+        default=D["teacher"],
+        help="Keras EqT .h5, a SeisBench EQTransformer weights prefix, 'random-eqtransformer' or a model spec",
+    )
+    dist.add_argument("--cx-root", help="folder of continuous MiniSEED (any layout) for teacher labels")
+    dist.add_argument("--ncedc-root", help="NCEDC npz folder; only its train stations are used")
+    dist.add_argument(
+        "--ncedc-test-fraction", type=float, default=D["ncedc_test_fraction"], help="share of NCEDC stations held out"
+    )
+    dist.add_argument("--split-seed", type=int, default=D["split_seed"], help="seed of the station split")
+    dist.add_argument(
+        "--analyst-weight", type=float, default=D["analyst_weight"], help="weight of analyst labels vs teacher"
+    )
+    dist.add_argument(
+        "--teacher-targets",
+        choices=["soft", "picks"],
+        default=D["teacher_targets"],
+        help="learn the teacher's probabilities, or its picks as Gaussian labels (sigma 10)",
+    )
+    dist.add_argument("--cache-dir", default=D["cache_dir"], help="teacher-probability cache")
+    dist.add_argument(
+        "--teacher-grid-shifts",
+        type=_shifts,
+        default=D["teacher_grid_shifts"],
+        help="comma-separated sub-second shifts (samples) of the teacher's window grid to average, "
+        "e.g. 0,25,50,75 (removes EqT's whole-second artefacts)",
+    )
+    dist.add_argument(
+        "--teacher-grid-rule",
+        choices=["average", "consensus"],
+        default=D["teacher_grid_rule"],
+        help="with several grid shifts: average the teacher's outputs, or take its P/S picks where at least half"
+        " of the shifted grids agree within 1 s (at the median position, as Gaussian labels)",
+    )
+    dist.add_argument(
+        "--physical-augmentations",
+        action="store_true",
+        help="also time stretch, polarity flip and rotation of the horizontals",
+    )
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default=D["out"], help="checkpoints, CSV logs, summary")
+    run.add_argument("--batch-size", type=int, default=D["batch_size"])
+    run.add_argument("--lr", type=float, default=D["lr"])
+    run.add_argument("--pos-weight", type=float, default=D["pos_weight"], help="loss weight 1 + W * target (see masked_bce)")
+    run.add_argument("--in-samples", type=int, default=D["in_samples"], help="training window length")
+    run.add_argument(
+        "--highpass", type=float, default=D["highpass"],
+        help="corner (Hz) of the model's window high-pass, stored with the weights; 0: none",
+    )  # fmt: skip
+    run.add_argument("--steps-per-epoch", type=int, default=D["steps_per_epoch"])
+    run.add_argument("--max-epochs", type=int, default=D["max_epochs"])
+    run.add_argument("--max-steps", type=int, default=D["max_steps"], help="0: no limit")
+    run.add_argument("--max-minutes", type=float, default=D["max_minutes"], help="wall-clock budget; 0: no limit")
+    run.add_argument("--patience", type=int, default=D["patience"], help="early stopping, in epochs")
+    run.add_argument(
+        "--select-on",
+        choices=["loss", "f1"],
+        default=D["select_on"],
+        help="checkpoint choice: validation loss, or P/S F1 on the NCEDC validation stations",
+    )
+    run.add_argument(
+        "--plateau-patience", type=int, default=D["plateau_patience"],
+        help="halve the lr after N epochs without val progress; 0: off",
+    )  # fmt: skip
+    run.add_argument("--threads", type=int, default=D["threads"], help="torch threads")
+    run.add_argument("--num-workers", type=int, default=D["num_workers"], help="DataLoader worker processes")
+    run.add_argument("--seed", type=int, default=D["seed"])
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    run.add_argument("--init", help="initial weights (SeisBench PREFIX of .json/.pt)")
+    run.add_argument("--save-weights", help="folder to write NAME.pt.v1 + NAME.json.v1 into")
+    run.add_argument("--weights-name", default=D["weights_name"])
+    p.set_defaults(func=lambda args: _train(p, args))
+
+    r = subparsers.add_parser(
+        "train-report",
+        help="plot validation P/S F1 against training windows seen, one curve per training run",
+        description="Read RUN/logs/version_*/metrics.csv of each training run (the --out folder of"
+        " seisbench-feq train) and plot the validation pick F1 against windows seen.",
+    )
+    r.add_argument("runs", nargs="+", help="training run folders (seisbench-feq train --out)")
+    r.add_argument("--out", default="validation_f1.png", help="figure to write (.png, .pdf, .svg)")
+    r.add_argument("--labels", nargs="+", help="one label per run (default: model and folder name)")
+    r.add_argument("--title", default="", help="figure title")
+    r.set_defaults(func=_train_report)
+
+
+def _train(parser, args) -> int:
+    from ..training.run import TRAIN_DEFAULTS, train
+
+    options = {key: getattr(args, key) for key in TRAIN_DEFAULTS}
+    command = reproducing_command(parser, args, ["seisbench-feq", "train", "--model", str(args.model)], skip=("model",))
+    train(command=command, **options)
+    return 0
+
+
+def _train_report(args) -> int:
+    from ..evaluation.report import markdown_table
+    from ..training.report import plot_validation_f1, validation_summary
+
+    path = plot_validation_f1(args.runs, args.out, labels=args.labels, title=args.title)
+    summary = validation_summary(args.runs, labels=args.labels)
+    header = ["run", "validations", "windows seen", "best P F1", "best S F1", "best mean F1", "windows at best"]
+    rows = [
+        [name, int(r["validations"]), f"{r['windows_seen']:,.0f}", f"{r['best_f1_P']:.3f}", f"{r['best_f1_S']:.3f}",
+         f"{r['best_mean_f1']:.3f}", f"{r['windows_at_best']:,.0f}"]
+        for name, r in summary.iterrows()
+    ]  # fmt: skip
+    print(markdown_table(header, rows))
+    print(f"\nfigure: {path}")
+    return 0

@@ -1,0 +1,341 @@
+"""Chunked ``annotate``, argument checks and window geometry: the only code that touches SeisBench internals.
+
+Long streams are annotated in bounded memory with the same output (:func:`annotate_chunked_async`):
+every continuous segment is cut into pieces (``chunk_seconds``, 30 minutes by default) that
+overlap by whole windows on the segment's own window grid; SeisBench's own windowing, batching and
+stacking run on each piece and each piece's core is kept, so every output sample sees exactly the
+windows it sees without chunking. The output traces are filled in place (no stacked copy of the
+day), the input stream is shared read-only instead of copied, and the heap pages a finished piece
+freed go back to the OS.
+
+SeisBench private methods used here (``_get_overlap``, ``_build_comp_dict``, ``_grouping``,
+``_iter_fragments_array``, ``_iter_predictions``, ``_iter_reassemble_predictions``,
+``_predictions_to_stream``, ``_verify_argdict``) are checked by the real-data equivalence tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import numbers
+import sys
+
+import numpy as np
+import obspy
+
+from .picking import PICK_MODES
+
+__all__ = [
+    "DEFAULT_CHUNK_SECONDS",
+    "annotate_chunked_async",
+    "check_annotate_args",
+    "window_step",
+    "window_starts",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Length of the pieces long streams are annotated in (seconds of data at the model rate).
+DEFAULT_CHUNK_SECONDS = 1800.0
+
+STACKING = ("max", "avg")
+
+
+# --- window geometry and argument checks ----------------------------------------------------------
+
+
+def window_step(model, argdict: dict | None = None) -> int:
+    """Samples between the starts of consecutive annotate windows (``in_samples - overlap``)."""
+    argdict = {**model.default_args, **(argdict or {})}
+    return model.in_samples - model._get_overlap(model.in_samples, argdict)
+
+
+def window_starts(n_samples: int, in_samples: int, step: int) -> np.ndarray:
+    """First samples of SeisBench's annotate windows on a segment of ``n_samples``: every ``step``,
+    plus one window aligned to the end when the grid does not reach it."""
+    if n_samples < in_samples:
+        return np.zeros(0, dtype=int)
+    starts = np.arange(0, n_samples - in_samples + 1, step)
+    if starts[-1] + in_samples < n_samples:
+        starts = np.append(starts, n_samples - in_samples)
+    return starts
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_annotate_args(model, argdict: dict) -> None:
+    """Reject arguments that would make ``annotate``/``classify`` hang or fail deep inside SeisBench.
+
+    Raises ValueError naming the argument before any work is done.
+    """
+    def get(key):
+        return argdict.get(key, model.default_args.get(key, model._annotate_args.get(key, (None, None))[1]))
+
+    batch_size = get("batch_size")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a whole number >= 1")
+    overlap = get("overlap")
+    if not isinstance(overlap, numbers.Real) or isinstance(overlap, bool):
+        raise ValueError(f"overlap={overlap!r}: expected samples (0 <= overlap < {model.in_samples}) or a fraction < 1")
+    samples = int(overlap * model.in_samples) if overlap < 1 else overlap
+    if overlap < 0 or (overlap >= 1 and not float(overlap).is_integer()) or samples >= model.in_samples:
+        raise ValueError(
+            f"overlap={overlap!r}: expected whole samples 0 <= overlap < {model.in_samples} (the window length) "
+            "or a fraction 0 <= overlap < 1 of it"
+        )
+    stacking = get("stacking")
+    if stacking is not None and stacking not in STACKING:
+        raise ValueError(f"stacking={stacking!r}: expected one of {STACKING}")
+    blinding = get("blinding")
+    if blinding is not None:
+        if len(blinding) != 2 or any(not _is_int(b) or b < 0 for b in blinding) or sum(blinding) >= model.in_samples:
+            raise ValueError(f"blinding={blinding!r}: expected two whole numbers >= 0 with a sum < {model.in_samples}")
+    chunk = get("chunk_seconds")
+    if chunk is not None and (not isinstance(chunk, numbers.Real) or chunk < 0 or not math.isfinite(chunk)):
+        raise ValueError(f"chunk_seconds={chunk!r}: expected seconds >= 0 (0: no chunking)")
+    pick_mode = argdict.get("pick_mode", "peak")
+    if pick_mode not in PICK_MODES:
+        raise ValueError(f"pick_mode={pick_mode!r}: expected one of {PICK_MODES}")
+    for key, value in argdict.items():
+        if key.endswith("_threshold") and (not isinstance(value, numbers.Real) or not 0 < value <= 1):
+            raise ValueError(f"{key}={value!r}: expected a probability in (0, 1]")
+
+
+# --- chunked annotate ---------------------------------------------------------------------------
+
+
+def _chunk_plan(n_samples: int, in_samples: int, step: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """Pieces (data_start, data_stop, core_start, core_stop) of a segment of ``n_samples``.
+
+    Piece starts lie on the segment's window grid (multiples of ``step``) and pieces overlap their
+    neighbours by at least one window, so every core sample is covered by exactly the windows
+    that cover it in a single pass (the extra end-aligned window of a piece lies outside its core).
+    """
+    margin = math.ceil(in_samples / step) * step
+    chunk = max(step, chunk // step * step)
+    plan = []
+    core = 0
+    while core < n_samples:
+        core_stop = min(core + chunk, n_samples)
+        if n_samples - core_stop < margin:  # too little left for a piece of its own
+            core_stop = n_samples
+        start = max(core - margin, 0)
+        stop = n_samples if core_stop == n_samples else min(core_stop + margin, n_samples)
+        plan.append((start, stop, core, core_stop))
+        core = core_stop
+    return plan
+
+
+def _group_layout(model, traces: list[obspy.Trace], argdict: dict):
+    """What ``WaveformModel.stream_to_array`` computes for a group, without building the array."""
+    comp_dict, comp_order = model._build_comp_dict(
+        traces, model._argdict_get_with_default(argdict, "flexible_horizontal_components")
+    )
+    station_key = model._grouping.trace_id_without_component
+    stations = np.unique([station_key(trace) for trace in traces]).tolist()
+    sampling_rate = traces[0].stats.sampling_rate
+    t_start = min(trace.stats.starttime for trace in traces)
+    t_end = max(trace.stats.endtime for trace in traces)
+    n_samples = int((t_end - t_start) * sampling_rate) + 1  # stream_to_array's length
+    placed, t_offsets = [], []
+    for trace in traces:
+        if trace.id[-1] not in comp_dict:
+            continue
+        offset = int((trace.stats.starttime - t_start) * sampling_rate)
+        placed.append((comp_dict[trace.id[-1]], offset, trace.data))
+        t_offsets.append(trace.stats.get("t_offset", 0.0))
+    return dict(
+        stations=stations,
+        component_order=comp_order,
+        sampling_rate=sampling_rate,
+        start_time=t_start + np.mean(t_offsets),
+        n_samples=n_samples,
+        placed=placed,
+    )
+
+
+def _piece(layout: dict, start: int, stop: int):
+    """``GroupedTraceData`` of samples [start, stop) of a group (zero-filled like SeisBench)."""
+    from seisbench.models.utils import GroupedTraceData
+
+    data = np.zeros((len(layout["component_order"]), stop - start))
+    for component, offset, values in layout["placed"]:
+        lo, hi = max(start, offset), min(stop, offset + len(values))
+        if lo < hi:
+            data[component, lo - start : hi - start] = values[lo - offset : hi - offset]
+    return GroupedTraceData(
+        start_time=layout["start_time"] + start / layout["sampling_rate"],
+        data=data,
+        stations=layout["stations"],
+        component_order=layout["component_order"],
+        sampling_rate=layout["sampling_rate"],
+        grouping="instrument",
+    )
+
+
+async def _stack_piece(model, piece, argdict: dict):
+    """SeisBench's own windowing, batching, prediction and stacking for one piece."""
+
+    async def one():
+        yield piece
+
+    fragments = model._iter_fragments_array(one(), argdict)
+    blocks = model._iter_predictions(fragments, argdict)
+    stacked = [s async for s in model._iter_reassemble_predictions(blocks, argdict)]
+    return stacked[0] if stacked else None
+
+
+def _copy_for_annotate(model, stream: obspy.Stream) -> obspy.Stream:
+    """``stream.copy()`` without duplicating the samples when nothing will write to them.
+
+    LEQNet's pre-processing (cleaning, filtering, resampling) and SeisBench's grouping only ever
+    assign new arrays; the copy shares the data as read-only views, so an in-place write would
+    raise instead of changing the caller's stream. Models whose ``annotate_stream_pre`` is not
+    marked ``shares_input`` (a subclass overriding it) get a real copy (SeisBench allows in-place
+    changes there).
+    """
+    if not getattr(type(model).annotate_stream_pre, "shares_input", False):
+        return stream.copy()
+    out = obspy.Stream()
+    for trace in stream:
+        data = trace.data.view()
+        data.flags.writeable = False
+        out.append(obspy.Trace(data=data, header=copy.deepcopy(trace.stats)))
+    return out
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap pages a finished piece freed back to the OS (glibc keeps them otherwise, and
+    the process RSS would grow to the largest piece plus the output however small the piece)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - musl has no malloc_trim
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def _label_traces(model, layout: dict, labels: np.ndarray, rate: float) -> obspy.Stream:
+    """SeisBench's ``_predictions_to_stream`` for one instrument, without copying the arrays."""
+    from seisbench.ext.utils import get_edge_indices
+
+    network, station, location = layout["stations"][0].split(".")[:3]
+    output = obspy.Stream()
+    for label, data in zip(model.labels, labels):
+        begin, end = get_edge_indices(data, edge_value=np.nan)
+        output.append(
+            obspy.Trace(
+                data[begin:end],
+                {
+                    "starttime": layout["start_time"] + begin / rate,
+                    "sampling_rate": rate,
+                    "network": network,
+                    "station": station,
+                    "location": location,
+                    "channel": f"{model.__class__.__name__}_{label}",
+                },
+            )
+        )
+    return output
+
+
+def _can_chunk(model) -> bool:
+    pred_sample = model.pred_sample if not isinstance(model.pred_sample, int) else (0, model.pred_sample)
+    return (
+        model.output_type == "array"
+        and model._grouping.grouping == "instrument"
+        and tuple(pred_sample) == (0, model.in_samples)
+        and all(hasattr(model, name) for name in ("_iter_fragments_array", "_iter_predictions", "_iter_reassemble_predictions"))
+    )
+
+
+async def annotate_chunked_async(model, stream: obspy.Stream, copy: bool = True, **kwargs) -> obspy.Stream:
+    """``WaveformModel.annotate_async`` with long segments processed in overlapping pieces.
+
+    Same steps as SeisBench (argument check, copy, merge, ``annotate_stream_pre``/``validate``,
+    grouping); each continuous segment longer than ``chunk_seconds`` (annotate argument, default
+    one hour; 0 disables) is annotated piece by piece (see :func:`_chunk_plan`). The output equals
+    SeisBench's unchunked output up to float rounding; peak memory is one piece's windows and
+    predictions plus the output traces.
+    """
+    argdict = model.default_args.copy()
+    argdict.update(kwargs)
+    check_annotate_args(model, argdict)
+    chunk_seconds = argdict.get("chunk_seconds", DEFAULT_CHUNK_SECONDS)
+    step = model.in_samples - model._get_overlap(model.in_samples, argdict)
+    if not chunk_seconds or not _can_chunk(model) or step <= 0:
+        from seisbench.models import WaveformModel
+
+        return await WaveformModel.annotate_async(model, stream, copy=copy, **kwargs)
+
+    model._verify_argdict(kwargs)
+    if copy:
+        stream = _copy_for_annotate(model, stream)
+    stream.merge(-1)
+    if len(stream) == 0:
+        return obspy.Stream()
+    model.annotate_stream_pre(stream, argdict)
+    stream = model.annotate_stream_validate(stream, argdict)
+    if len(stream) == 0:
+        return obspy.Stream()
+    sampling_rate = stream[0].stats.sampling_rate
+    argdict["sampling_rate"] = sampling_rate
+    comp_dict, _ = model._build_comp_dict(
+        stream, model._argdict_get_with_default(argdict, "flexible_horizontal_components")
+    )
+    groups = model._grouping.group_stream(
+        stream,
+        strict=model._argdict_get_with_default(argdict, "strict"),
+        min_length_s=(model.in_samples - 1) / sampling_rate,
+        comp_dict=comp_dict,
+    )
+    del stream  # the groups hold what is still needed
+    chunk = int(round(float(chunk_seconds) * sampling_rate))
+
+    output = obspy.Stream()
+    train_mode = model.training
+    model.eval()
+    try:
+        while groups:
+            traces = groups.pop(0)
+            layout = _group_layout(model, traces, argdict)
+            del traces
+            plan = _chunk_plan(layout["n_samples"], model.in_samples, step, chunk)
+            if len(plan) == 1:  # short segment: exactly SeisBench's path
+                stacked = await _stack_piece(model, _piece(layout, 0, layout["n_samples"]), argdict)
+                if stacked is not None:
+                    output += model._predictions_to_stream(stacked)
+                continue
+            # One float32 array per label (the output traces themselves), filled piece by piece.
+            labels = np.full((len(model.labels), layout["n_samples"]), np.nan, dtype=np.float32)
+            rate = None
+            for start, stop, core_start, core_stop in plan:
+                stacked = await _stack_piece(model, _piece(layout, start, stop), argdict)
+                if stacked is None:
+                    continue
+                rate = stacked.sampling_rate
+                core = stacked.data[core_start - start : core_stop - start]
+                labels[:, core_start : core_start + len(core)] = core.T
+                del stacked, core
+                _release_freed_memory()
+            if rate is not None:
+                output += _label_traces(model, layout, labels, rate)
+    finally:
+        if train_mode:
+            model.train()
+    return output
