@@ -88,6 +88,7 @@ def run(out_dir: Path, hours: float | None = None, stations_path: Path | None = 
     comparison.ours.picks = result.picks  # travel-time residuals for the histograms
 
     numbers = dict(
+        threads=threads,
         span=f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC ({(end - start) / pd.Timedelta(hours=1):g} h)",
         picks=len(picks), associated_picks=len(result.picks), events=comparison.counts["ours"],
         reference=comparison.counts["reference"], matched=comparison.counts["matched"],
@@ -207,7 +208,7 @@ tolerance {p['tolerance']} s, at least {p['min_p_picks']} P, {p['min_s_picks']} 
 | reading the picks | {n['runtime_read']:.1f} s |
 | writing QuakeML / reading it back and comparing | {n['runtime_quakeml']:.1f} s / {n['runtime_compare']:.1f} s |
 
-Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, PyOcto threads: {p.get('n_threads') or 'all cores'}.
+Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, PyOcto threads: {n.get('threads') or 'all cores'}.
 "Precision" counts every event the SCSN does not list as false; in a swarm many of them are likely
 real small events (see `docs/catalog.md`), so it is a lower bound.
 """

@@ -569,7 +569,7 @@ def test_resume_repairs_missing_and_corrupt_unit_files_and_manifest_lines(tmp_pa
     assert clean.exit_code == 0
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(260)
 def test_a_second_job_on_the_same_folder_is_refused_while_the_first_runs(tmp_path, sds, picker_weights):
     out = tmp_path / "job"
     lock = archive.JobLock(out).acquire()  # this process is "the first job"
@@ -577,7 +577,7 @@ def test_a_second_job_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
         proc = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "pick", str(sds), "--out", str(out),
                                "--model", PICKER, "--weights", str(picker_weights), "--overwrite",
                                "--no-progress"], cwd=PROJECT_ROOT, env=_env(), capture_output=True,
-                              text=True, timeout=100)
+                              text=True, timeout=220)
     finally:
         lock.release()
     assert proc.returncode == 2

@@ -1,6 +1,7 @@
 """The Python snippets of README.md and docs/*.md run as written.
 
-Every ```python block runs in a fresh interpreter, in a temporary folder, with ``../shared``
+Every ```python block runs in a fresh interpreter, in a temporary folder per document (later
+blocks of a document may read what earlier ones wrote, as a reader would), with ``../shared``
 replaced by the real location of the shared data (tests/conftest.py ``SHARED_DIR``); a block that
 needs ``../shared`` is skipped (failed in CI) where it is absent. A block preceded by
 ``<!-- no-test: REASON -->`` is not run (e.g. it needs a live server). Blocks that expect an input
@@ -49,14 +50,22 @@ def _blocks():
             yield pytest.param(doc, match.group(1), id=f"{doc.relative_to(PROJECT_ROOT)}:{line}", marks=marks)
 
 
+@pytest.fixture(scope="module")
+def doc_folders():
+    return {}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S + 30)
 @pytest.mark.parametrize("doc, code", list(_blocks()))
-def test_snippet_runs(doc, code, tmp_path):
+def test_snippet_runs(doc, code, doc_folders, tmp_path_factory):
     if "../shared" in code or any(key in code for key in INPUTS):
         shared_path()  # skip (or fail in CI) without the shared data
     shared = SHARED_DIR.resolve().as_posix()
     setup = "".join(prelude for key, prelude in INPUTS.items() if key in code).replace("{SHARED}", shared)
+    if doc not in doc_folders:
+        doc_folders[doc] = tmp_path_factory.mktemp(doc.stem)
+    tmp_path = doc_folders[doc]
     script = tmp_path / "snippet.py"
     script.write_text(setup + code.replace("../shared", shared))
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(PROJECT_ROOT)}

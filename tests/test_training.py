@@ -240,6 +240,7 @@ def test_loss_sees_model_normalisation_and_masks_nan():
     assert masked_bce(pred, soft, pos_weight=10).item() == pytest.approx(weighted.item())
 
 
+@pytest.mark.timeout(600)  # three short trainings (first, --resume, --init)
 def test_cli_train_on_stead_fixture(stead_source, isolated_cache, tmp_path):
     from seisbench_feq import FEQ3
     from seisbench_feq.cli import main

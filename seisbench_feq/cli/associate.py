@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from .pick import non_negative_float, positive_int, probability, utc_time
-
-HIDDEN = argparse.SUPPRESS
 
 
 def fail(command: str, message: str) -> int:
