@@ -403,13 +403,22 @@ def _keys(picks):
 
 
 @pytest.fixture(scope="module")
-def in_order(model):
+def fast_model():
+    """FEQ3 with its shipped weights: 8 picks on these 4 minutes, in seconds (the converted EqT
+    takes minutes per feed, and these tests feed the same data several times)."""
+    from seisbench_feq import FEQ3
+
+    return FEQ3.from_pretrained("default")
+
+
+@pytest.fixture(scope="module")
+def in_order(fast_model):
     records = _records(T0, 4 * 60)
-    return records, _drive(model, records)
+    return records, _drive(fast_model, records)
 
 
 @pytest.mark.timeout(600)  # the first one also builds the ordered reference
-def test_out_of_order_records_are_reordered_and_give_the_same_picks(model, in_order, caplog):
+def test_out_of_order_records_are_reordered_and_give_the_same_picks(fast_model, in_order, caplog):
     records, reference = in_order
     assert len(reference.picks) >= 3
     # swap 10 % of consecutive same-channel records (what a reconnect does) ...
@@ -430,20 +439,20 @@ def test_out_of_order_records_are_reordered_and_give_the_same_picks(model, in_or
     for feed in (swapped, shuffled):
         with caplog.at_level(logging.WARNING):
             caplog.clear()
-            picker = _drive(model, feed)
+            picker = _drive(fast_model, feed)
         assert _keys(picker.picks) == _keys(reference.picks)
         assert picker.stats["gaps"] == 0 and picker.stats["held_records"] > 0
         assert not [r for r in caplog.records if "gap" in r.getMessage()]
 
 
 @pytest.mark.timeout(600)  # the first one also builds the ordered reference
-def test_a_record_later_than_the_reorder_window_is_logged_with_its_gap(model, in_order, caplog):
+def test_a_record_later_than_the_reorder_window_is_logged_with_its_gap(fast_model, in_order, caplog):
     records, _ = in_order
     late_index = next(i for i, tr in enumerate(records) if tr.stats.channel == "HHZ" and i > 20)
     late = records[late_index]
     feed = records[:late_index] + records[late_index + 1:late_index + 40] + [late] + records[late_index + 40:]
     with caplog.at_level(logging.WARNING, logger="seisbench_feq.realtime"):
-        picker = _drive(model, feed, reorder_window=10.0)
+        picker = _drive(fast_model, feed, reorder_window=10.0)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     gap = [m for m in messages if "gap of" in m and "HHZ" in m]
     assert len(gap) == 1 and f"{late.stats.npts / 100:.2f} s" in gap[0]
@@ -453,7 +462,7 @@ def test_a_record_later_than_the_reorder_window_is_logged_with_its_gap(model, in
 
 
 @pytest.mark.timeout(600)  # the first one also builds the ordered reference
-def test_a_1ppm_rate_error_and_lower_case_channels_keep_every_pick(model, in_order):
+def test_a_1ppm_rate_error_and_lower_case_channels_keep_every_pick(fast_model, in_order):
     records, reference = in_order
     odd = []
     for tr in records:
@@ -461,7 +470,7 @@ def test_a_1ppm_rate_error_and_lower_case_channels_keep_every_pick(model, in_ord
         tr.stats.sampling_rate = 100.0001
         tr.stats.channel = tr.stats.channel.lower()
         odd.append(tr)
-    picker = _drive(model, odd)
+    picker = _drive(fast_model, odd)
     assert picker.stats["bad_records"] == 0
     assert len(picker.picks) == len(reference.picks)
     for got, ref in zip(picker.picks, reference.picks):
@@ -470,7 +479,7 @@ def test_a_1ppm_rate_error_and_lower_case_channels_keep_every_pick(model, in_ord
 
 
 @pytest.mark.timeout(300)
-def test_hostile_station_codes_write_only_inside_the_output_folders(model, tmp_path):
+def test_hostile_station_codes_write_only_inside_the_output_folders(fast_model, tmp_path):
     stream = _sds_stream(T0, T0 + 3 * 60, "CX.PB01..HH?")
     for tr in stream:
         tr.stats.network, tr.stats.station = "/", "../E"
@@ -480,7 +489,7 @@ def test_hostile_station_codes_write_only_inside_the_output_folders(model, tmp_p
     out = tmp_path / "out"
     out.mkdir()
     root_before = set(Path("/").glob(".*"))
-    picker = RealtimePicker(model, csv_path=out / "picks.csv", quakeml_dir=out / "events",
+    picker = RealtimePicker(fast_model, csv_path=out / "picks.csv", quakeml_dir=out / "events",
                             plot_dir=out / "plots", plot_interval=1.0)
     picks = picker.run(ReplaySource(path, speed=0))
     assert picks and set(Path("/").glob(".*")) == root_before
