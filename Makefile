@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test docs clean
 
 install: $(VENV)/.installed
 
@@ -23,4 +23,7 @@ test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache site
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict

@@ -264,7 +264,7 @@ def feq3_default():
 @pytest.fixture(scope="module")
 def cx_reference(feq3_default):
     stream = _cx()
-    return stream, feq3_default.annotate(stream), feq3_default.classify(stream).picks
+    return stream, feq3_default.annotate(stream), feq3_default.classify(stream, pick_mode="peak").picks
 
 
 def _pick_keys(picks):
