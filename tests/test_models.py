@@ -264,7 +264,7 @@ def feq3_default():
 @pytest.fixture(scope="module")
 def cx_reference(feq3_default):
     stream = _cx()
-    return stream, feq3_default.annotate(stream), feq3_default.classify(stream, pick_mode="peak").picks
+    return stream, feq3_default.annotate(stream), feq3_default.classify(stream).picks
 
 
 def _pick_keys(picks):
@@ -405,9 +405,11 @@ def test_eqt_pick_mode_on_streams_and_arrays_agree():
 def test_classify_pick_mode_eqt_on_real_data(feq3_default, cx_reference):
     from obspy.signal.trigger import trigger_onset
 
-    stream, annotations, peak_picks = cx_reference
+    stream, annotations, default_picks = cx_reference
     eqt = feq3_default.classify(stream, pick_mode="eqt").picks
-    assert len(feq3_default.classify(stream, pick_mode="peak").picks) == len(peak_picks)
+    peak_picks = feq3_default.classify(stream, pick_mode="peak").picks
+    assert feq3_default.default_args.get("pick_mode") == "eqt"  # chosen on validation stations
+    assert len(default_picks) == len(eqt)
     assert 0 < len(eqt) < len(peak_picks)
     det = annotations.select(channel="FEQ3_Detection")[0]
     t0, rate = det.stats.starttime, det.stats.sampling_rate
