@@ -50,6 +50,9 @@ def _blocks():
             yield pytest.param(doc, match.group(1), id=f"{doc.relative_to(PROJECT_ROOT)}:{line}", marks=marks)
 
 
+_NEEDS_SHARED: set = set()
+
+
 @pytest.fixture(scope="module")
 def doc_folders():
     return {}
@@ -59,8 +62,11 @@ def doc_folders():
 @pytest.mark.timeout(TIMEOUT_S + 30)
 @pytest.mark.parametrize("doc, code", list(_blocks()))
 def test_snippet_runs(doc, code, doc_folders, tmp_path_factory):
-    if "../shared" in code or any(key in code for key in INPUTS):
-        shared_path()  # skip (or fail in CI) without the shared data
+    if "../shared" in code or any(key in code for key in INPUTS) or doc in _NEEDS_SHARED:
+        # skip (or fail in CI) without the shared data; later blocks of a document may read what
+        # an earlier block made from it
+        _NEEDS_SHARED.add(doc)
+        shared_path()
     shared = SHARED_DIR.resolve().as_posix()
     setup = "".join(prelude for key, prelude in INPUTS.items() if key in code).replace("{SHARED}", shared)
     if doc not in doc_folders:
