@@ -21,6 +21,7 @@ Grammar of a spec (case-insensitive names):
 
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
 import json
@@ -81,7 +82,13 @@ def weights_prefix(path: str | Path) -> tuple[Path, str | None]:
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
-    return p.with_name(name), version
+    prefix = p.with_name(name)
+    if version is None and not Path(f"{prefix}.json").is_file():
+        # what `seisbench-feq train --save-weights` writes: PREFIX.json.v1 + PREFIX.pt.v1
+        versions = [q.name.rsplit(".v", 1)[1] for q in prefix.parent.glob(f"{glob.escape(prefix.name)}.json.v*")]
+        if versions:
+            version = max(versions, key=lambda v: (len(v), v))
+    return prefix, version
 
 
 def _json_path(prefix: Path, version: str | None) -> Path:

@@ -85,3 +85,18 @@ def test_load_model_converts_keras_files_by_type():
     assert type(model) is LEQNet and model_label(f"leqnet-original:{h5}") == "LEQNet original (converted)"
     with pytest.raises(ValueError, match="not a eqtransformer"):
         load_model(f"eqt-original:{h5}")
+
+
+def test_weights_prefix_finds_the_versioned_files_train_writes(tmp_path):
+    """`seisbench-feq train --save-weights DIR` writes DIR/default.json.v1 + .pt.v1; `NAME:DIR/default` loads them."""
+    import torch
+
+    from seisbench_feq import FEQ3
+    from seisbench_feq.loading import load_model
+
+    torch.manual_seed(0)
+    model = FEQ3()
+    model.save(tmp_path / "default", version_str="1")
+    loaded = load_model(f"feq3:{tmp_path / 'default'}")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert type(load_model(str(tmp_path / "default"))).__name__ == "FEQ3"
