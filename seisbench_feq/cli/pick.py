@@ -12,44 +12,30 @@ DEFAULT_CHANNELS = "HH,BH,EH,SH,HN,EN"
 
 # ---- argument types shared with `realtime` (a bad value exits 2 with a one-line message) ------
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number_type(cast, accept, requirement):
+    """An argparse type: ``cast(text)``, then ``accept(value)`` or the one-line ``requirement``."""
+    kind = "a whole number" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(requirement(text, value))
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {value:g}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+positive_int = _number_type(int, lambda v: v >= 1, lambda text, v: f"must be >= 1, got {v}")
+non_negative_int = _number_type(int, lambda v: v >= 0, lambda text, v: f"must be >= 0, got {v}")
+probability = _number_type(
+    float, lambda v: 0 <= v <= 1, lambda text, v: f"must be a probability between 0 and 1, got {v:g}"
+)
+non_negative_float = _number_type(
+    float, lambda v: 0 <= v < float("inf"), lambda text, v: f"must be a finite number >= 0, got {text}"
+)
 
 
 def utc_time(text: str):
