@@ -27,6 +27,10 @@ the pick extraction allocates depends on the outputs.
 
     python benchmarks/bench_classify.py --hours 24 --repeats 3 --profile --rss
     python benchmarks/bench_classify.py --hours 1 --repeats 1     # quick check
+    python benchmarks/bench_classify.py --models feq3 phasenet --threads 1   # against SeisBench's PhaseNet
+
+``phasenet`` / ``phasenetlight``: SeisBench's PhaseNet models at their own default settings (their
+own window, overlap and stacking), random weights.
 """
 
 from __future__ import annotations
@@ -72,10 +76,11 @@ def build_model(name: str, backend: str = "fused", weights: str = "random"):
     import torch
 
     torch.manual_seed(0)
-    if name == "eqtransformer":
+    if name in ("eqtransformer", "phasenet", "phasenetlight"):  # SeisBench's, at their own defaults
         import seisbench.models as sbm
 
-        return sbm.EQTransformer().eval()
+        return {"eqtransformer": sbm.EQTransformer, "phasenet": sbm.PhaseNet,
+                "phasenetlight": sbm.PhaseNetLight}[name]().eval()
     import seisbench_feq
     from seisbench_feq.models.backends import set_inference_backend
 
@@ -86,7 +91,7 @@ def build_model(name: str, backend: str = "fused", weights: str = "random"):
 
 
 def weights_label(name: str, weights: str) -> str:
-    if name == "eqtransformer" or weights != "shipped":
+    if name in ("eqtransformer", "phasenet", "phasenetlight") or weights != "shipped":
         return "random"
     import seisbench_feq
 
@@ -94,7 +99,7 @@ def weights_label(name: str, weights: str) -> str:
 
 
 def model_label(name: str, backend: str) -> str:
-    return name if name == "eqtransformer" else f"{name}[{backend}]"
+    return name if name in ("eqtransformer", "phasenet", "phasenetlight") else f"{name}[{backend}]"
 
 
 class StageTimer:
@@ -237,6 +242,7 @@ def main(argv=None) -> int:
             cpu = statistics.median(c for _, c in times[name])
             print(f"| {model_label(name, args.backend)} | {wall:.2f} | {cpu:.2f} | {ref_wall / wall:.1f}x "
                   f"| {ref_cpu / cpu:.1f}x | {len(outputs[name].picks)} |")
+        print(f"(load average {os.getloadavg()[0]:.1f} at the end of the table)")
 
     if args.profile:
         torch.set_num_threads(args.threads[0])

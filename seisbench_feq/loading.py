@@ -14,6 +14,10 @@ Grammar of a spec (case-insensitive names):
 ``eqt-original:PATH.h5``       the same, type given
 ``leqnet-original:PATH.h5``
 ``eqtransformer`` ``phasenet``  SeisBench's classes; with ``:WEIGHTS`` as above (``eqtransformer:PREFIX``)
+``cba`` ``eqt-gru``            the baselines (:mod:`seisbench_feq.baselines`): their shipped ``default``
+``simple-cnn``                 weights (``seisbench_feq/weights/NAME/default.*``; an error names the
+``simple-cnn-flat``            missing file), ``NAME:PREFIX`` for other weights (the decision tree:
+``decision-tree``              ``PREFIX.skops`` + ``PREFIX.json``), ``NAME:random``
 ``random-NAME``                class NAME with random weights, seed 0 (plumbing and timing only)
 ``module:Class[:WEIGHTS]``     any importable WaveformModel class (``WEIGHTS`` as above; default: random)
 =============================  ==============================================================
@@ -33,11 +37,20 @@ logger = logging.getLogger(__name__)
 RANDOM_WEIGHTS_SEED = 0
 FEQ_NAMES = ("feq3", "feq2", "feq1", "leqnet")
 SEISBENCH_NAMES = ("eqtransformer", "phasenet")
+BASELINE_NAMES = ("cba", "eqt-gru", "simple-cnn", "simple-cnn-flat", "decision-tree")
+BASELINE_LABELS = {
+    "cba": "CBA",
+    "eqt-gru": "EqT-GRU",
+    "simple-cnn": "Simple CNN",
+    "simple-cnn-flat": "Simple CNN (flat)",
+    "decision-tree": "Decision tree",
+}
 ORIGINAL_NAMES = {"eqt-original": "eqtransformer", "leqnet-original": "leqnet"}
 _ORIGINAL_EQT_ALIASES = ("original-eqtransformer", "originaleqtransformer", "eqt-original")
 
 SPEC_HELP = (
-    "model spec: feq3 | feq2 | feq1 | leqnet (shipped weights), NAME:WEIGHTS (a shipped name, 'random' or "
+    "model spec: feq3 | feq2 | feq1 | leqnet | cba | eqt-gru | simple-cnn | simple-cnn-flat | decision-tree"
+    " (shipped weights), NAME:WEIGHTS (a shipped name, 'random' or "
     "a PREFIX of PREFIX.json/PREFIX.pt), PREFIX (class read from the json), PATH.h5 (original Keras "
     "EqT/LEQNet, converted), eqt-original:PATH.h5, leqnet-original:PATH.h5, eqtransformer:PREFIX, "
     "phasenet:PREFIX, random-NAME, module:Class"
@@ -53,7 +66,11 @@ def _classes() -> dict:
 
     from .models import MODELS
 
+    from .baselines import BASELINES
+
     classes = dict(MODELS)
+    classes.update(BASELINES)
+    classes.update({cls.__name__.lower(): cls for cls in BASELINES.values()})  # names recorded in jsons
     classes["eqtransformer"] = sbm.EQTransformer
     classes["phasenet"] = sbm.PhaseNet
     return classes
@@ -131,6 +148,27 @@ def class_for_weights(json_path: Path):
     raise ModelSpecError(f"{json_path}: cannot tell the model class; use CLASS:PREFIX ({SPEC_HELP})")
 
 
+def _baseline(spec: str, key: str, rest: str):
+    """A baseline by name: shipped ``default`` (or another shipped name), ``random`` or a PREFIX."""
+    from .baselines import BASELINES, DecisionTreeDetector
+
+    cls = BASELINES[key]
+    label = BASELINE_LABELS[key]
+    name = rest or "default"
+    if name.lower() == "random":
+        return _random(cls, spec)
+    if name in cls.list_pretrained() or not rest:
+        model = cls.from_pretrained(name)  # MissingWeightsError names the missing file
+        return _labelled(model, spec, name, f"{label} ({name})")
+    if cls is DecisionTreeDetector:
+        model = cls.load(rest)
+        return _labelled(model, spec, weights_prefix(rest.removesuffix(".skops"))[0].name,
+                         f"{label} ({weights_prefix(rest.removesuffix('.skops'))[0].name})")
+    model = _from_weights(spec, cls, rest)
+    model._feq_label = f"{label} ({weights_prefix(rest)[0].name})"
+    return model
+
+
 def _random(cls, spec: str):
     import torch
 
@@ -177,6 +215,11 @@ def _from_weights(spec: str, cls, weights: str):
         return _from_h5(spec, weights, None)
     prefix, version = weights_prefix(weights)
     json_path = _json_path(prefix, version)
+    if json_path.is_file() and version is None and Path(f"{prefix}.skops").is_file():  # a decision tree
+        from .baselines import DecisionTreeDetector
+
+        model = DecisionTreeDetector.load(prefix)
+        return _labelled(model, spec, prefix.name, f"{BASELINE_LABELS['decision-tree']} ({prefix.name})")
     if json_path.is_file():
         pt_path = Path(f"{prefix}.pt" + (f".v{version}" if version else ""))
         if not pt_path.is_file():
@@ -235,6 +278,8 @@ def load_model(spec: str, weights: str | None = None):
         return _from_h5(spec, rest, ORIGINAL_NAMES[key])
     if key.startswith("random-") and not sep:
         return _random(_class_by_name(key[len("random-"):]), spec)
+    if key in BASELINE_NAMES:
+        return _baseline(spec, key, rest)
     if key in FEQ_NAMES or key in SEISBENCH_NAMES or key in _ORIGINAL_EQT_ALIASES:
         cls = _class_by_name(key)
         if rest:
@@ -281,6 +326,8 @@ def model_label(spec: str) -> str:
         return ("EqT" if key == "eqt-original" else "LEQNet") + " original (converted)"
     if key.startswith("random-") and not sep:
         return f"{_class_by_name(key[len('random-'):]).__name__} (random)"
+    if key in BASELINE_NAMES:
+        return f"{BASELINE_LABELS[key]} ({weights_prefix(rest.removesuffix('.skops'))[0].name if rest else 'default'})"
     if key in FEQ_NAMES or key in SEISBENCH_NAMES or key in _ORIGINAL_EQT_ALIASES:
         cls = _class_by_name(key)
         name = rest or "default"

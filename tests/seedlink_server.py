@@ -19,7 +19,9 @@ clock from the first ``END`` (``speed=0``: everything at once).
 Fault injection for resilience tests: ``drop_after`` data packets the first connection is cut
 (``drop_mode`` ``"reset"``: TCP RST, ``"close"``: FIN); ``refuse_after_drop`` connections after
 the drop are accepted and closed at once (so the client has to back off); ``corrupt`` sequence
-numbers are sent with a garbage record. Every thread stops by itself after ``max_duration`` s.
+numbers are sent with a garbage record. ``close_at_end``: once every selected station's last
+record is sent, the server closes the connection (TCP FIN), as a server whose data has ended does.
+Every thread stops by itself after ``max_duration`` s.
 
 Run standalone for a live demo::
 
@@ -68,6 +70,7 @@ class ServerLog:
     commands: list = field(default_factory=list)  # (connection number, command line)
     sent: list = field(default_factory=list)  # (connection number, station, seq)
     drops: int = 0
+    closed_at_end: int = 0  # connections closed because every selected station was sent to its end
 
 
 def records_from_stream(stream: obspy.Stream, shift: float = 0.0) -> dict[str, list[Record]]:
@@ -113,7 +116,7 @@ class SeedLinkTestServer:
     def __init__(self, stream: obspy.Stream, speed: float = 0.0, port: int = 0,
                  drop_after: int | None = None, drop_mode: str = "reset", refuse_after_drop: int = 0,
                  corrupt: set[tuple[str, int]] | None = None, shift_to_now: bool = False,
-                 max_duration: float = 120.0):
+                 close_at_end: bool = False, max_duration: float = 120.0):
         if len(stream) == 0:
             raise ValueError("SeedLinkTestServer: the stream to serve is empty")
         shift = 0.0
@@ -126,6 +129,7 @@ class SeedLinkTestServer:
         self.drop_mode = drop_mode
         self.refuse_after_drop = refuse_after_drop
         self.corrupt = set(corrupt or ())
+        self.close_at_end = close_at_end
         self.max_duration = max_duration
         self.log = ServerLog()
         self._stop = threading.Event()
@@ -235,6 +239,11 @@ class SeedLinkTestServer:
                     if index < len(records) and records[index].end_time <= until:
                         pending.append(records[index])
                 if not pending:
+                    if self.close_at_end and all(max(seq - 1, 0) >= len(self.records.get(sta, []))
+                                                 for sta, seq in selected.items()):
+                        with self._lock:
+                            self.log.closed_at_end += 1
+                        return  # the finally clause closes the socket: a FIN after the last record
                     time.sleep(0.01)
                     continue
                 for record in sorted(pending, key=lambda r: r.end_time):

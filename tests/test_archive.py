@@ -661,3 +661,47 @@ def test_pick_table_columns_quakeflow_format_and_defaults(tmp_path, picker):
     for cores in (1, 2, 3, 4, 16):
         workers, threads = archive.choose_parallelism(None, None, None, cores=cores, omp="")
         assert max(workers, 1) * threads <= cores
+
+
+# ------------------------------------------------------------------------------------------
+# MC-dropout pick uncertainty (real demo traces, shipped FEQ3 weights)
+# ------------------------------------------------------------------------------------------
+
+DEMO_DATA = PROJECT_ROOT / "seisbench_feq" / "demo_data"
+
+
+@pytest.mark.timeout(300)
+def test_pick_uncertainty_is_finite_with_dropout_passes_and_nan_without(tmp_path):
+    from seisbench_feq import FEQ3
+    from seisbench_feq.models.annotate import pick_uncertainties
+
+    torch.set_num_threads(1)
+    model = FEQ3.from_pretrained("default")
+    stream = obspy.read(str(DEMO_DATA / "NC.CCOB.mseed"))
+    picks = list(model.classify(stream).picks)
+    modes = [m.training for m in model.modules()]
+    assert {p.phase for p in picks} == {"P", "S"}
+    values = pick_uncertainties(model, stream, picks, 6)
+    assert all(np.isfinite(v) and 0 <= v < 2 for v in values)
+    assert any(v > 0 for v in values)  # the passes differ: the dropouts were really sampled
+    assert [p.uncertainty for p in picks] == values
+    assert pick_uncertainties(model, stream, picks, 6) == values  # seeded: reproducible
+    assert all(np.isnan(v) for v in pick_uncertainties(model, stream, picks, 0))
+    assert [m.training for m in model.modules()] == modes  # train/eval states restored
+    with pytest.raises(ValueError, match="uncertainty_samples=1"):
+        pick_uncertainties(model, stream, picks, 1)
+
+    # the CLI fills the column; without the option it stays empty
+    for samples, out in ((4, tmp_path / "with"), (0, tmp_path / "without")):
+        rc = cli_main(["pick", str(DEMO_DATA / "NC.CCOB.mseed"), "--out", str(out), "--model", "feq3",
+                       "--workers", "0", "--torch-threads", "1", "--no-progress",
+                       "--uncertainty-samples", str(samples), "--plot-detections", "1" if samples else "0"])
+        assert rc == 0
+        figures = list((out / "figures").glob("NC.CCOB*.png"))
+        assert len(figures) == (1 if samples else 0) and all(f.stat().st_size > 10_000 for f in figures)
+        table = _picks(out / "picks.csv")
+        assert len(table) >= 2
+        if samples:
+            assert table["uncertainty_s"].notna().all() and (table["uncertainty_s"] >= 0).all()
+        else:
+            assert table["uncertainty_s"].isna().all()

@@ -421,23 +421,25 @@ def test_cli_associate_and_compare(tmp_path, monkeypatch, capsys, synthetic):
     stations, picks, _ = synthetic
     picks.to_csv(tmp_path / "picks.csv", index=False)
     stations.to_csv(tmp_path / "stations.csv", index=False)
-    out = tmp_path / "catalog.xml"
-    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "stations.csv"),
-                   "--out", str(out), "--velocity-model", "homogeneous", "--threads", "1", "--picker", "FEQ3",
-                   "--events-csv", str(tmp_path / "events.csv")])
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--station-file", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "cat"), "--velocity-model", "homogeneous", "--pyocto-threads", "1",
+                   "--picker", "FEQ3"])
     assert rc == 0 and "3 events" in capsys.readouterr().out
-    assert len(pd.read_csv(tmp_path / "events.csv")) == 3
-    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "stations.csv"),
-                   "--out", str(tmp_path / "first_two.xml"), "--velocity-model", "homogeneous", "--threads", "1",
+    out = tmp_path / "cat" / "catalog.xml"  # --out is a folder with fixed names inside
+    assert len(pd.read_csv(tmp_path / "cat" / "events.csv")) == 3
+    assert "event_id" in pd.read_csv(tmp_path / "cat" / "associated_picks.csv").columns
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--station-file", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "first_two"), "--velocity-model", "homogeneous", "--pyocto-threads", "1",
                    "--end", (T0 + pd.Timedelta(seconds=100)).isoformat()])
     assert rc == 0 and "2 events" in capsys.readouterr().out
-    rc = cli.main(["compare", str(out), str(_reference_csv(tmp_path)), "--report-dir", str(tmp_path / "rep")])
+    rc = cli.main(["compare", str(out), str(_reference_csv(tmp_path)), "--out", str(tmp_path / "rep")])
     text = capsys.readouterr().out
     assert rc == 0 and "matched 3" in text and "recall 0.750" in text
     assert (tmp_path / "rep" / "report.md").exists()
     # an empty station file: a one-line error naming it, exit 2 (was a ValueError traceback)
     (tmp_path / "nothing.csv").write_text("")
-    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "nothing.csv"), "--out", str(out)])
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--station-file", str(tmp_path / "nothing.csv"),
+                   "--out", str(tmp_path / "cat")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nothing.csv" in err and "empty" in err and len(err.splitlines()) == 1
 
@@ -622,15 +624,18 @@ def test_cli_out_folder_file_mismatch(tmp_path, monkeypatch, capsys, synthetic):
     stations, picks, _ = synthetic
     picks.to_csv(tmp_path / "picks.csv", index=False)
     stations.to_csv(tmp_path / "stations.csv", index=False)
-    (tmp_path / "folder").mkdir()
-    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "stations.csv"),
-                   "--out", str(tmp_path / "folder")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "is a folder" in err and len(err.splitlines()) == 1
     (tmp_path / "afile").write_text("x")
-    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--stations", str(tmp_path / "stations.csv"),
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--station-file", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "afile")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "is a file; --out is an output folder" in err and len(err.splitlines()) == 1
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--station-file", str(tmp_path / "stations.csv"),
                    "--out", str(tmp_path / "afile" / "c.xml")])
     assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    # the input picks are never overwritten by an output of the old form
+    rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--station-file", str(tmp_path / "stations.csv"),
+                   "--out", str(tmp_path / "c.xml"), "--picks-csv", str(tmp_path / "picks.csv")])
+    assert rc == 2 and "would overwrite the input" in capsys.readouterr().err
     rc = cli.main(["compare", str(_reference_csv(tmp_path)), str(_reference_csv(tmp_path)), "--out", str(tmp_path / "afile")])
     assert rc == 2 and "is a file; compare writes a report folder" in capsys.readouterr().err
 
@@ -643,8 +648,14 @@ def test_cli_old_spellings_and_times(tmp_path, monkeypatch, capsys, synthetic):
     stations.to_csv(tmp_path / "stations.csv", index=False)
     rc = cli.main(["associate", str(tmp_path / "picks.csv"), "--inventory", str(tmp_path / "stations.csv"),
                    "--out", str(tmp_path / "c.xml"), "--velocity-model", "homogeneous", "--threads", "1",
-                   "--checkpoint-dir", str(tmp_path / "blocks"), "--start", "2021-03-01", "--end", "2021-03-01T12:01:40"])
-    assert rc == 0 and "2 events" in capsys.readouterr().out
+                   "--checkpoint-dir", str(tmp_path / "blocks"), "--start", "2021-03-01", "--end", "2021-03-01T12:01:40",
+                   "--events-csv", str(tmp_path / "ev.csv")])
+    captured = capsys.readouterr()
+    assert rc == 0 and "2 events" in captured.out
+    # the old file meanings of --out and --events-csv still work for one release, with a warning
+    assert (tmp_path / "c.xml").exists() and len(pd.read_csv(tmp_path / "ev.csv")) == 2
+    assert not (tmp_path / "events.csv").exists() and not (tmp_path / "associated_picks.csv").exists()
+    assert "deprecated: associate --out" in captured.err and "deprecated: --inventory is now --station-file" in captured.err
     assert list((tmp_path / "blocks").glob("*_events.csv"))  # the old spelling still resumes
     rc = cli.main(["compare", str(tmp_path / "c.xml"), str(_reference_csv(tmp_path)), "--report-dir", str(tmp_path / "old"),
                    "--stations", str(tmp_path / "stations.csv")])

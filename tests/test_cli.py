@@ -100,3 +100,68 @@ def test_weights_prefix_finds_the_versioned_files_train_writes(tmp_path):
     loaded = load_model(f"feq3:{tmp_path / 'default'}")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     assert type(load_model(str(tmp_path / "default"))).__name__ == "FEQ3"
+
+
+# ---- one grammar: --out is a folder, --stations a selection, old spellings hidden + warned ----
+
+def _help(command: str) -> str:
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices[command].format_help()
+
+
+def test_old_spellings_are_hidden_and_set_the_new_option(caplog):
+    import logging
+
+    from seisbench_feq.cli._grammar import flush_deprecations
+
+    parser = build_parser()
+    for argv, dest, value in (
+        (["associate", "p.csv", "--stations", "s.csv"], "stations", "s.csv"),
+        (["associate", "p.csv", "--inventory", "s.xml"], "stations", "s.xml"),
+        (["associate", "p.csv", "--station-file", "s.csv", "--threads", "3"], "threads", 3),
+        (["compare", "a.xml", "b.xml", "--report-dir", "rep"], "out", "rep"),
+        (["compare", "a.xml", "b.xml", "--stations", "s.csv"], "stations", "s.csv"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="seisbench_feq"):
+            args = parser.parse_args(argv)
+            flush_deprecations()  # what cli.main does once logging is set up
+        assert getattr(args, dest) == value
+        assert any(r.getMessage().startswith("deprecated:") for r in caplog.records), argv
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seisbench_feq"):
+        args = parser.parse_args(["associate", "p.csv", "--station-file", "s.csv", "--pyocto-threads", "2"])
+        flush_deprecations()
+    assert (args.stations, args.threads, args.out) == ("s.csv", 2, "catalog_output") and not caplog.records
+    assert "--station-file" in _help("associate") and "--inventory" not in _help("associate")
+    assert "--threads" not in _help("associate").replace("--pyocto-threads", "")
+    assert "--report-dir" not in _help("compare") and "--station-file" in _help("compare")
+    assert "--stations" in _help("pick")  # the selection keeps its name
+
+
+def test_out_is_a_folder_and_the_old_file_form_still_works(tmp_path, caplog):
+    import logging
+
+    from seisbench_feq.cli._grammar import output_file
+
+    with caplog.at_level(logging.WARNING, logger="seisbench_feq"):
+        assert output_file(tmp_path / "cat", "catalog.xml", old_suffixes=(".xml",)) == tmp_path / "cat" / "catalog.xml"
+        assert (tmp_path / "cat").is_dir() and not caplog.records
+        old = output_file(tmp_path / "deep" / "c.xml", "catalog.xml", old_suffixes=(".xml",), command="associate")
+    assert old == tmp_path / "deep" / "c.xml" and (tmp_path / "deep").is_dir()
+    assert [r.getMessage() for r in caplog.records][0].startswith("deprecated: associate --out")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file; --out is an output folder"):
+        output_file(tmp_path / "afile", "catalog.xml")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        output_file(tmp_path / "afile" / "sub", "catalog.xml")
+
+
+@pytest.mark.timeout(300)
+def test_export_out_folder_gets_the_fixed_name(tmp_path, capsys):
+    from seisbench_feq.cli import main
+
+    assert main(["export", "feq3", "--weights", "random", "--format", "torchscript", "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "feq3.pt").stat().st_size > 0
+    assert main(["export", "feq3", "--weights", "random", "--format", "torchscript", "--out", str(tmp_path / "old.pt")]) == 0
+    assert (tmp_path / "old.pt").stat().st_size > 0  # the old file meaning, one release

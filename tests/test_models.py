@@ -232,6 +232,7 @@ def test_public_api():
         ({"stacking": "foo"}, "stacking='foo'"),
         ({"pick_mode": "best"}, "pick_mode='best'"),
         ({"P_threshold": 0}, "P_threshold=0"),
+        ({"min_ps_separation": -1}, "min_ps_separation=-1"),
     ],
 )
 def test_bad_annotate_arguments_fail_fast(kwargs, message):
@@ -401,6 +402,42 @@ def test_eqt_pick_mode_on_streams_and_arrays_agree():
     assert sorted(round(pk.peak_time - start, 2) for pk in peaks) == [11.0, 12.0, 20.0, 25.0, 40.0]
 
 
+def test_ps_conflicts_keep_the_more_probable_pick():
+    from seisbench_feq.models.picking import classify_picks, resolve_ps_conflicts
+
+    n = 6000
+    det, p, s = np.zeros(n), np.zeros(n), np.zeros(n)
+    # P and S both fire on the arrival at 20 s (S more probable, 0.3 s apart) and at 40 s (P more
+    # probable); the P at 12 s and the S at 30 s are far from any pick of the other phase.
+    p[[1199, 1200, 1201, 1999, 2000, 2001, 3999, 4000, 4001]] = [0.5, 0.8, 0.5, 0.3, 0.4, 0.3, 0.8, 0.9, 0.8]
+    s[[2029, 2030, 2031, 2999, 3000, 3001, 4009, 4010, 4011]] = [0.6, 0.7, 0.6, 0.6, 0.7, 0.6, 0.3, 0.5, 0.3]
+    stream, start = _annotation_stream(det, p, s)
+    thresholds = {"detection": 0.5, "P": 0.3, "S": 0.3}
+    raw = classify_picks(stream, "FEQ3", "PS", thresholds, pick_mode="peak")
+    kept = classify_picks(stream, "FEQ3", "PS", thresholds, pick_mode="peak", min_ps_separation=0.5)
+    assert [(pk.phase, round(pk.peak_time - start, 2)) for pk in raw] == [
+        ("P", 12.0), ("P", 20.0), ("S", 20.3), ("S", 30.0), ("P", 40.0), ("S", 40.1)]
+    assert [(pk.phase, round(pk.peak_time - start, 2)) for pk in kept] == [
+        ("P", 12.0), ("S", 20.3), ("S", 30.0), ("P", 40.0)]
+    assert [(pk.phase, round(pk.peak_time - start, 2)) for pk in resolve_ps_conflicts(raw, 0.2)] == [
+        ("P", 12.0), ("P", 20.0), ("S", 20.3), ("S", 30.0), ("P", 40.0)]
+
+
+@pytest.mark.timeout(300)
+def test_classify_resolves_ps_conflicts_by_default(feq3_default, cx_reference):
+    stream, _, default_picks = cx_reference
+    every = feq3_default.classify(stream, min_ps_separation=0).picks
+
+    def conflicts(picks):
+        p_times = [pk.peak_time for pk in picks if pk.phase == "P"]
+        return sum(1 for pk in picks if pk.phase == "S" and any(abs(pk.peak_time - t) < 0.5 for t in p_times))
+
+    assert feq3_default._annotate_args["min_ps_separation"][1] == 0.5
+    assert conflicts(default_picks) == 0
+    assert len(default_picks) <= len(every)
+    assert set(_pick_keys(default_picks)) <= set(_pick_keys(every))
+
+
 @pytest.mark.timeout(300)
 def test_classify_pick_mode_eqt_on_real_data(feq3_default, cx_reference):
     from obspy.signal.trigger import trigger_onset
@@ -418,3 +455,20 @@ def test_classify_pick_mode_eqt_on_real_data(feq3_default, cx_reference):
     assert max(s_per_event) == 1 and sum(s_per_event) == sum(pk.phase == "S" for pk in eqt)
     for pick in eqt:  # P from 1 s before its detection on, never after the detection's end
         assert any(a - 1.0 < pick.peak_time < b for a, b in events)
+
+
+@pytest.mark.timeout(300)
+def test_classify_mc_dropout_uncertainty_on_a_real_event():
+    from pathlib import Path
+
+    import seisbench_feq
+
+    stream = obspy.read(str(Path(seisbench_feq.__file__).parent / "demo_data" / "NC.CCOB.mseed"))
+    model = FEQ3.from_pretrained("default")
+    plain = model.classify(stream).picks
+    sampled = model.classify(stream, uncertainty_samples=8).picks
+    assert len(plain) >= 2 and _pick_keys(plain) == _pick_keys(sampled)  # the picks themselves unchanged
+    assert all(np.isfinite(pk.uncertainty) and 0 <= pk.uncertainty < 1.0 for pk in sampled)
+    assert all(getattr(pk, "uncertainty", None) is None for pk in plain)
+    with pytest.raises(ValueError, match="uncertainty_samples=1"):
+        model.classify(stream, uncertainty_samples=1)

@@ -443,3 +443,20 @@ def test_teacher_grid_rules_keep_arrivals_and_drop_artefacts():
     np.testing.assert_allclose(consensus[0][~np.isnan(consensus[0])], 0.8, rtol=1e-6)  # detection averaged
     with pytest.raises(ValueError, match="grid_rule"):
         teacher_probabilities(teacher, data, "CX.PB01", t0, grid_rule="median")
+
+
+def test_teacher_ps_conflicts_become_unknown():
+    from seisbench_feq.training.distillation import mask_ps_conflicts
+
+    n = 3000
+    t = np.arange(n)
+    targets = np.zeros((3, n), dtype=np.float32)
+    targets[0] = 0.5
+    for row, peak in ((1, 500), (2, 1500), (1, 2000), (2, 2030)):  # a clean pair, then one arrival labelled twice
+        targets[row] = np.maximum(targets[row], np.exp(-0.5 * ((t - peak) / 10) ** 2))
+    masked, count = mask_ps_conflicts(targets)
+    assert count == 1
+    assert np.isnan(masked[1:, 1930:2131]).all() and not np.isnan(masked[1:, :1930]).any()
+    np.testing.assert_array_equal(masked[0], targets[0])  # detection untouched
+    np.testing.assert_array_equal(masked[1:, :1900], targets[1:, :1900])
+    assert mask_ps_conflicts(targets[:, :1800])[1] == 0

@@ -78,6 +78,8 @@ def pick_archive(
     output_format: str = "csv",
     detections: bool = False,
     polarity: bool = False,
+    uncertainty_samples: int = 0,
+    plot_detections: int = 0,
     workers: int | None = None,
     scheduler: str | None = None,
     torch_threads: int | None = None,
@@ -103,6 +105,12 @@ def pick_archive(
         columns in ``picks.quakeflow.csv``, the full table in ``picks.csv`` beside it).
     :param detections: also write detections.
     :param polarity: also estimate the first-motion polarity of P picks.
+    :param uncertainty_samples: MC-dropout passes per pick for ``uncertainty_s``
+        (:func:`seisbench_feq.models.annotate.pick_uncertainties`); 0: none. Costs that many
+        extra forward passes of one window per pick.
+    :param plot_detections: write the per-detection figure
+        (:func:`seisbench_feq.plotting.plot_detection`) of up to this many detections per work
+        unit into ``out/figures/``; each costs one ``annotate`` of the detection +- one window.
     :param workers: Dask ``LocalCluster`` worker processes; ``0`` runs in this process; None
         chooses from the cores (in-process on <= 2 cores).
     :param scheduler: address of an existing Dask scheduler (overrides ``workers``).
@@ -127,6 +135,12 @@ def pick_archive(
         raise ArchiveError(f"workers must be >= 0, got {workers}")
     if torch_threads is not None and torch_threads < 1:
         raise ArchiveError(f"torch_threads must be >= 1, got {torch_threads}")
+    from ..models.annotate import check_uncertainty_samples
+
+    try:
+        uncertainty_samples = check_uncertainty_samples(uncertainty_samples)
+    except ValueError as exc:
+        raise ArchiveError(str(exc)) from None
     t_start, t_end = parse_time(start, "--start"), parse_time(end, "--end")
     out = _check_out(out)
 
@@ -134,12 +148,14 @@ def pick_archive(
         return _pick_locked(archive, out, model, weights, t_start, t_end, stations,
                             channel_priority, chunk_s, span_s, border_margin, output_format,
                             detections, polarity, workers, scheduler, torch_threads,
-                            classify_kwargs, overwrite, progress)
+                            classify_kwargs, overwrite, progress, uncertainty_samples,
+                            plot_detections)
 
 
 def _pick_locked(archive, out, model, weights, t_start, t_end, stations, channel_priority,
                  chunk_s, span_s, border_margin, output_format, detections, polarity, workers,
-                 scheduler, torch_threads, classify_kwargs, overwrite, progress):
+                 scheduler, torch_threads, classify_kwargs, overwrite, progress,
+                 uncertainty_samples=0, plot_detections=0):
     if isinstance(model, str):
         model = load_model(model, weights)
     model.eval()
@@ -178,6 +194,7 @@ def _pick_locked(archive, out, model, weights, t_start, t_end, stations, channel
         window_s=window_s, blinding_s=blinding_s, channel_priority=channel_priority,
         classify_kwargs=classify_kwargs, output_format=output_format, detections=detections,
         model_name=model_name, weights=label, torch_threads=threads, polarity=polarity,
+        uncertainty_samples=uncertainty_samples, plot_detections=plot_detections,
     )
     run = {
         "archive": source.describe(), "model": model_name, "weights": label,
@@ -185,6 +202,7 @@ def _pick_locked(archive, out, model, weights, t_start, t_end, stations, channel
         "classify_span_s": span_s, "pad_s": pad_s, "grid_step_s": step_s,
         "channel_priority": list(channel_priority), "classify_kwargs": classify_kwargs,
         "output_format": output_format, "detections": detections,
+        **({"uncertainty_samples": uncertainty_samples} if uncertainty_samples else {}),
     }
     check_run_file(out, run, overwrite)
     remove_stale_temporaries(out)

@@ -135,6 +135,8 @@ class PickSettings:
     weights: str
     torch_threads: int | None = None
     polarity: bool = False
+    uncertainty_samples: int = 0
+    plot_detections: int = 0
 
 
 @dataclass

@@ -139,6 +139,32 @@ def _with_threads(unit, source, model, settings, out, result):
             torch.set_num_threads(previous)
 
 
+def plot_unit_detections(model, stream, output, s0, s1, limit: int, folder: Path,
+                         classify_kwargs: dict) -> int:
+    """The per-detection figure (:func:`seisbench_feq.plotting.plot_detection`) of up to ``limit``
+    detections starting in ``[s0, s1)``, as ``folder/NET.STA.LOC_YYYYmmddTHHMMSS.png``. Each costs
+    one ``annotate`` of the detection +- one window (the unit's classify keeps no curves).
+    Returns the number written."""
+    from ..io.files import atomic_write
+    from ..plotting import plot_detection
+
+    pad = model.in_samples / model.sampling_rate
+    written = 0
+    for det in getattr(output, "detections", None) or []:
+        if written >= limit:
+            break
+        if not s0 <= det.start_time < s1:
+            continue
+        part = stream.slice(det.start_time - pad, det.end_time + pad)
+        kwargs = {k: v for k, v in classify_kwargs.items() if not k.endswith("_threshold")}
+        annotations = model.annotate(part, **kwargs)
+        name = f"{det.trace_id.rstrip('.')}_{det.start_time.strftime('%Y%m%dT%H%M%S')}.png"
+        fig = plot_detection(part, annotations, det, getattr(output, "picks", None))
+        atomic_write(path_inside(folder, name), lambda p, fig=fig: fig.savefig(p, dpi=110, format="png"))
+        written += 1
+    return written
+
+
 def _skip(result, reason):
     result.status, result.reason = "skipped", reason
 
@@ -203,6 +229,7 @@ def _pick_unit(unit, source, model, settings, out, result):
     from seisbench.util import DetectionList, PickList
 
     pick_frames, det_frames = [], []
+    plots_left = settings.plot_detections
     s0 = t0
     # Sub-spans bound memory: the model's own chunk_seconds bounds its window batches, but
     # classify still returns annotations for the whole span it is given (3 float32 traces, plus
@@ -214,6 +241,15 @@ def _pick_unit(unit, source, model, settings, out, result):
         sub = st.slice(a, s1 + settings.pad_s)
         if len(sub):
             output = model.classify(sub, **settings.classify_kwargs)
+            if settings.uncertainty_samples and getattr(output, "picks", None):
+                from ..models.annotate import pick_uncertainties
+
+                kept = [p for p in output.picks if s0 <= p.peak_time < s1]
+                pick_uncertainties(model, sub, kept, settings.uncertainty_samples,
+                                   **settings.classify_kwargs)
+            if plots_left:
+                plots_left -= plot_unit_detections(model, sub, output, s0, s1, plots_left,
+                                                   Path(out) / "figures", settings.classify_kwargs)
             pick_frames.append(unit_picks_frame(getattr(output, "picks", None) or PickList(),
                                                 settings, s0, s1, stream=sub))
             if settings.detections:

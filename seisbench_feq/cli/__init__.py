@@ -14,6 +14,7 @@ import importlib
 import logging
 import sys
 
+from ._grammar import flush_deprecations
 from ._logs import configure_logging, tqdm_safe_logging
 
 # (subcommand, the domain module it drives), in help order
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     repeats = configure_logging(args.verbose)
+    flush_deprecations()
     try:
         with tqdm_safe_logging():
             return int(args.func(args) or 0)

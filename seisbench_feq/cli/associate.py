@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+from ._grammar import add_deprecated_alias, output_file
 from .pick import non_negative_float, positive_int, probability, utc_time
 
 
@@ -14,20 +16,10 @@ def fail(command: str, message: str) -> int:
     return 2
 
 
-def output_file_problem(path: str | None, option: str, what: str) -> str | None:
-    """Why ``path`` cannot be written as one file (an existing folder, a trailing slash, a parent
-    that is a file), else None."""
-    if not path:
-        return None
-    p = Path(path)
-    if p.is_dir() or str(path).endswith(("/", "\\")):
-        return f"{option} {path} is a folder; {what} is one file, e.g. {p / 'catalog.xml' if option == '--out' else p / 'events.csv'}"
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{option} {path}: {parent} is a file, not a folder"
-            break
-    return None
+#: Fixed names of what ``associate --out DIR`` writes inside DIR.
+# (not "picks.csv": the input picks are often there)
+CATALOG_NAME, EVENTS_NAME, PICKS_NAME = "catalog.xml", "events.csv", "associated_picks.csv"
+QUAKEML_SUFFIXES = (".xml", ".qml", ".quakeml")
 
 
 def add_parser(subparsers) -> None:
@@ -42,11 +34,15 @@ def add_parser(subparsers) -> None:
         "local magnitudes where the picks carry amplitudes, and write QuakeML. Naive pick times are taken as UTC.",
     )
     p.add_argument("picks", help="pick file (CSV/Parquet of `seisbench-feq pick`, or the PhaseNet hour-file layout)")
-    p.add_argument("--stations", "--inventory", dest="stations", required=True,
-                   help="station coordinates: CSV (id/station, latitude, longitude, elevation in m) or StationXML")
-    p.add_argument("--out", required=True, help="QuakeML file to write")
-    p.add_argument("--events-csv", help="also write the events as CSV")
-    p.add_argument("--picks-csv", help="also write the associated picks (with event_id, residual) as CSV")
+    p.add_argument("--station-file", dest="stations", help="station coordinates: CSV (id/station, "
+                   "latitude, longitude, elevation) or StationXML (required)")
+    add_deprecated_alias(p, "--stations", "--inventory", dest="stations", replacement="--station-file")
+    p.add_argument("--out", default="catalog_output",
+                   help=f"output folder: {CATALOG_NAME} (QuakeML), {EVENTS_NAME}, {PICKS_NAME} (the "
+                        "associated picks with event_id and residual) (default %(default)s)")
+    # The old single-file outputs, one release: --out FILE.xml, --events-csv F, --picks-csv F.
+    p.add_argument("--events-csv", help=argparse.SUPPRESS)
+    p.add_argument("--picks-csv", help=argparse.SUPPRESS)
     p.add_argument("--velocity-model", default=d["velocity_model"],
                    help="'socal' (Hadley-Kanamori 1-D, default), 'homogeneous', or a CSV of layers: depth,vp[,vs]")
     p.add_argument("--vp", type=non_negative_float, default=d["vp"], help="P velocity of the homogeneous model, km/s (default %(default)s)")
@@ -71,7 +67,8 @@ def add_parser(subparsers) -> None:
                    help="frequency (Hz) that turns peak velocities into Wood-Anderson amplitudes (default %(default)s)")
     p.add_argument("--picker", help="picking model name written to the QuakeML (default: the picks' model column)")
     p.add_argument("--agency", help="agency id written to the QuakeML")
-    p.add_argument("--threads", type=positive_int, help="PyOcto threads (default: all cores)")
+    p.add_argument("--pyocto-threads", dest="threads", type=positive_int, help="PyOcto threads (default: all cores)")
+    add_deprecated_alias(p, "--threads", dest="threads", replacement="--pyocto-threads", type=positive_int)
     p.add_argument("--resume-dir", "--checkpoint-dir", dest="checkpoint_dir",
                    help="save finished hour blocks here; a rerun resumes from them")
     p.add_argument("--start", type=utc_time, help="only picks from this time (UTC), e.g. 2020-10-01T00:30")
@@ -85,11 +82,19 @@ def run(args) -> int:
     from ..catalog import associate, read_picks, read_stations, write_quakeml
     from ..io.picks import PickTableError
 
-    for path, option, what in ((args.out, "--out", "the QuakeML output"), (args.events_csv, "--events-csv", "the events table"),
-                               (args.picks_csv, "--picks-csv", "the picks table")):
-        problem = output_file_problem(path, option, what)
-        if problem:
-            return fail("associate", problem)
+    if not args.stations:
+        return fail("associate", "the station coordinates are required: --station-file FILE (CSV or StationXML)")
+    try:
+        quakeml_path = output_file(args.out, CATALOG_NAME, old_suffixes=QUAKEML_SUFFIXES, command="associate")
+        # The old form (--out FILE.xml) wrote the tables only where --events-csv/--picks-csv said.
+        folder = None if quakeml_path == Path(args.out) else quakeml_path.parent
+        events_path = _old_file(args.events_csv, "--events-csv", folder and folder / EVENTS_NAME)
+        picks_path = _old_file(args.picks_csv, "--picks-csv", folder and folder / PICKS_NAME)
+        for path in (quakeml_path, events_path, picks_path):
+            if path is not None and path.resolve() == Path(args.picks).resolve():
+                raise ValueError(f"--out {args.out} would overwrite the input {args.picks}")
+    except ValueError as exc:
+        return fail("associate", str(exc))
     try:
         picks = read_picks(args.picks)
         stations = read_stations(args.stations)
@@ -109,11 +114,28 @@ def run(args) -> int:
     )
     from ..io.files import atomic_write
 
-    write_quakeml(result, args.out, agency=args.agency)
-    if args.events_csv:
-        atomic_write(args.events_csv, lambda p: result.events.to_csv(p, index=False))
-    if args.picks_csv:
-        atomic_write(args.picks_csv, lambda p: result.picks.to_csv(p, index=False))
+    write_quakeml(result, quakeml_path, agency=args.agency)
+    written = [quakeml_path]
+    for path, table in ((events_path, result.events), (picks_path, result.picks)):
+        if path is not None:
+            atomic_write(path, lambda p, table=table: table.to_csv(p, index=False))
+            written.append(path)
     print(result.summary())
-    print(f"wrote {args.out}")
+    print("wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def _old_file(path: str | None, option: str, default: Path | None) -> Path | None:
+    """``--events-csv`` / ``--picks-csv`` (one release): that file instead of the fixed name."""
+    if not path:
+        return default
+    from ._grammar import _check_parents, deprecated
+
+    name = EVENTS_NAME if option == "--events-csv" else PICKS_NAME
+    deprecated(f"associate {option} {path}: the table is written as {name} in the --out folder")
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", "\\")):
+        raise ValueError(f"{option} {path} is a folder; {option} is one file")
+    _check_parents(p, option)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._grammar import add_deprecated_alias
 from .associate import fail
 from .pick import non_negative_float, utc_time
 
@@ -22,9 +23,11 @@ def add_parser(subparsers) -> None:
     c.add_argument("--pick-tolerance", type=non_negative_float, default=0.5, help="pick time tolerance, s (default %(default)s)")
     c.add_argument("--start", type=utc_time, help="only events from this time (UTC), e.g. 2020-10-01")
     c.add_argument("--end", type=utc_time, help="only events before this time (UTC)")
-    c.add_argument("--out", "--report-dir", dest="out", help="write report.md and figures into this folder")
+    c.add_argument("--out", dest="out", help="output folder: report.md and figures")
+    add_deprecated_alias(c, "--report-dir", dest="out", replacement="--out")
     c.add_argument("--tables", action="store_true", help="also write matches.csv, missed.csv, new.csv into the report folder")
-    c.add_argument("--stations", help="station table (CSV or StationXML) to draw on the report map")
+    c.add_argument("--station-file", dest="stations", help="station coordinates (CSV or StationXML) to draw on the report map")
+    add_deprecated_alias(c, "--stations", dest="stations", replacement="--station-file")
     c.set_defaults(func=run)
 
 

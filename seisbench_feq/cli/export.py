@@ -1,9 +1,11 @@
-"""``seisbench-feq export MODEL --format onnx|torchscript [--int8] --out PATH``."""
+"""``seisbench-feq export MODEL --format onnx|torchscript [--int8] --out DIR``."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from ._grammar import output_file
 
 # The choices, repeated here so that "seisbench-feq --help" does not import torch; a test checks
 # them against seisbench_feq.export.
@@ -31,7 +33,11 @@ def _cli_export(args) -> int:
     if not isinstance(model, LEQNet):
         raise SystemExit(f"{unknown}; {args.model!r} is a {type(model).__name__}")
     weights = weights_label(model)
-    out = Path(args.out)
+    name = f"{model.name.lower()}{'_int8' if args.int8 else ''}{'.pt' if args.format == 'torchscript' else '.onnx'}"
+    try:
+        out = output_file(args.out, name, old_suffixes=(".onnx", ".pt"), command="export")
+    except ValueError as err:
+        raise SystemExit(f"seisbench-feq export: {err}") from None
     if args.format == "onnx" and model.highpass and not args.no_normalize:
         print(
             f"note: {model.name} high-passes each window ({model.highpass} Hz) before normalising, which "
@@ -81,7 +87,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("model", help="leqnet, feq1, feq2 or feq3")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    parser.add_argument("--out", default="export_output",
+                        help="output folder: MODEL.onnx, MODEL_int8.onnx or MODEL.pt inside "
+                             "(default %(default)s)")
     parser.add_argument("--int8", action="store_true", help="store the weights as int8 (ONNX)")
     parser.add_argument(
         "--int8-mode",

@@ -97,6 +97,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--detections", action="store_true", help="also write detections")
     parser.add_argument("--polarity", action="store_true",
                         help="also estimate the first-motion polarity of P picks")
+    parser.add_argument("--uncertainty-samples", type=non_negative_int, default=0,
+                        help="MC-dropout passes per pick for the uncertainty_s column (std of the "
+                             "pick time, s); costs N extra forward passes of one window per pick "
+                             "(default 0: none)")
+    parser.add_argument("--plot-detections", type=non_negative_int, default=0, metavar="N",
+                        help="write the figure of up to N detections per work unit into "
+                             "OUT/figures/ (waveforms 1-45 Hz, probabilities, picks) (default 0)")
     parser.add_argument("--workers", type=non_negative_int,
                         help="Dask LocalCluster worker processes; 0 runs in-process (default: "
                              "in-process on <= 2 cores, else one worker per core)")
@@ -122,7 +129,9 @@ def run(args) -> int:
             end=args.end, stations=args.stations, channel_priority=args.channels,
             chunk=args.chunk, classify_span=args.classify_span,
             border_margin=args.border_margin, output_format=args.output_format,
-            detections=args.detections, polarity=args.polarity, workers=args.workers,
+            detections=args.detections, polarity=args.polarity,
+            uncertainty_samples=args.uncertainty_samples, plot_detections=args.plot_detections,
+            workers=args.workers,
             scheduler=args.scheduler, torch_threads=args.torch_threads,
             classify_kwargs=classify_kwargs(args), overwrite=args.overwrite,
             progress=not args.no_progress,

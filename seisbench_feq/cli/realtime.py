@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
-from .pick import add_threshold_arguments, non_negative_float, positive_int, utc_time
+from ._grammar import add_deprecated_alias, deprecated, output_file
+from .pick import DEFAULT_CHANNELS, add_threshold_arguments, non_negative_float, positive_int, utc_time
 
 logger = logging.getLogger("seisbench_feq.realtime")
 
@@ -13,22 +15,29 @@ logger = logging.getLogger("seisbench_feq.realtime")
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "realtime", help="pick live SeedLink data or a replayed archive; each pick emitted once",
-        description="Real-time picking with per-station ring buffers. Picks are appended to --out "
-                    "(CSV, flushed per pick) with their latency. Ctrl-C finishes the buffered data and "
+        description="Real-time picking with per-station ring buffers. Picks are appended to "
+                    "OUT/picks.csv (flushed per pick) with their latency; `seisbench-feq associate` "
+                    "builds located events (QuakeML) from it. Ctrl-C finishes the buffered data and "
                     "flushes the outputs.")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--seedlink", metavar="HOST:PORT", help="SeedLink server")
     where.add_argument("--replay", nargs="+", metavar="FILES_OR_SDS",
                        help="MiniSEED files/folders or an SDS root, replayed in time order")
-    parser.add_argument("--streams", help='NET.STA.LOC.CHA list, e.g. "CX.PB01..HH?,CX.PB02..HH?"')
+    parser.add_argument("--stations", help="comma-separated NET.STA or NET.STA.LOC (wildcards ok), "
+                                           "e.g. CX.PB01,CX.PB02")
+    parser.add_argument("--channels", default=DEFAULT_CHANNELS,
+                        help=f"band codes in priority order, one used per station (default {DEFAULT_CHANNELS})")
+    add_deprecated_alias(parser, "--streams", dest="streams", replacement="--stations and --channels")
     parser.add_argument("--model", default="feq3",
                         help="model spec: feq3, feq2, feq1, leqnet, eqtransformer, a weights "
                              "prefix, a Keras .h5, or module:Class (default feq3)")
     parser.add_argument("--weights", default="default",
                         help="weights of --model: a shipped name, a weights prefix/.pt/.json, a "
                              "Keras .h5 or 'random' (default: default)")
-    parser.add_argument("--out", default="picks.csv", help="CSV of picks (appended)")
-    parser.add_argument("--quakeml-dir", help="write one QuakeML file per detection with picks here")
+    parser.add_argument("--out", default="realtime_output",
+                        help="output folder: OUT/picks.csv is appended to (default realtime_output)")
+    # single-station detections have no origin: no QuakeML in real time (associate writes it)
+    parser.add_argument("--quakeml-dir", help=argparse.SUPPRESS)
     parser.add_argument("--plot-dir", help="write a per-station figure here, every --plot-interval s")
     parser.add_argument("--plot-interval", type=non_negative_float, default=60.0)
     parser.add_argument("--speed", type=non_negative_float, default=1.0,
@@ -50,8 +59,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--backoff-max", type=non_negative_float, default=60.0,
                         help="longest wait between reconnects (s)")
     parser.add_argument("--statefile", help="SeedLink state file (resume across restarts)")
-    parser.add_argument("--torch-threads", "--threads", dest="torch_threads", type=positive_int,
+    parser.add_argument("--torch-threads", dest="torch_threads", type=positive_int,
                         help="torch threads (default: OMP_NUM_THREADS, else 1)")
+    add_deprecated_alias(parser, "--threads", dest="torch_threads", replacement="--torch-threads",
+                         type=positive_int)
     parser.set_defaults(func=run)
 
 
@@ -63,28 +74,39 @@ def run(args) -> int:
     from ..loading import load_model, weights_label
     from ..realtime import RealtimeError, RealtimePicker, ReplaySource, SeedLinkSource
 
+    from ..realtime.common import streams_from_stations
+
     threads = args.torch_threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1
     torch.set_num_threads(threads)
-    out = Path(args.out)
     try:
-        if out.is_dir():
-            raise RealtimeError(f"--out {out} is a folder; give the picks CSV file to append to")
-        for flag, folder in (("--quakeml-dir", args.quakeml_dir), ("--plot-dir", args.plot_dir)):
-            if folder and Path(folder).exists() and not Path(folder).is_dir():
-                raise RealtimeError(f"{flag} {folder} is a file; give a folder")
+        if args.quakeml_dir:
+            deprecated(f"realtime --quakeml-dir {args.quakeml_dir}: nothing is written there; single-station "
+                       "detections have no origin. Build located events with `seisbench-feq associate` "
+                       "on OUT/picks.csv")
+        if args.plot_dir and Path(args.plot_dir).exists() and not Path(args.plot_dir).is_dir():
+            raise RealtimeError(f"--plot-dir {args.plot_dir} is a file; give a folder")
+        if args.stations and getattr(args, "streams", None):
+            raise RealtimeError("give --stations (with --channels) or the old --streams, not both")
+        streams = getattr(args, "streams", None)
+        if args.stations:
+            streams = streams_from_stations(args.stations, args.channels)
+        try:
+            out = output_file(args.out, "picks.csv", old_suffixes=(".csv",), command="realtime")
+        except ValueError as exc:
+            raise RealtimeError(str(exc)) from None
         try:
             model = load_model(args.model, args.weights)
         except (ValueError, OSError, ImportError) as exc:
             raise RealtimeError(f"cannot load model {args.model}:{args.weights}: {exc}") from None
         if args.seedlink:
-            source = SeedLinkSource(args.seedlink, args.streams, netto=args.netto, keepalive=args.keepalive,
+            source = SeedLinkSource(args.seedlink, streams, netto=args.netto, keepalive=args.keepalive,
                                     backoff_max=args.backoff_max, statefile=args.statefile)
         else:
-            source = ReplaySource(args.replay, streams=args.streams, start=args.start, end=args.end,
+            source = ReplaySource(args.replay, streams=streams, start=args.start, end=args.end,
                                   speed=args.speed)
         kwargs = {k: getattr(args, k) for k in ("P_threshold", "S_threshold", "detection_threshold")
                   if getattr(args, k) is not None}
-        picker = RealtimePicker(model, csv_path=out, quakeml_dir=args.quakeml_dir, plot_dir=args.plot_dir,
+        picker = RealtimePicker(model, csv_path=out, plot_dir=args.plot_dir, band_priority=args.channels,
                                 plot_interval=args.plot_interval, step=args.step or None,
                                 silence_timeout=args.silence_timeout, reorder_window=args.reorder_window,
                                 weights=weights_label(model), **kwargs)
@@ -92,6 +114,5 @@ def run(args) -> int:
     except RealtimeError as exc:
         logger.error("%s", exc)
         return 2
-    print(f"{len(picks)} picks written to {args.out}"
-          + (f", {len(picker.events_written)} QuakeML events in {args.quakeml_dir}" if args.quakeml_dir else ""))
+    print(f"{len(picks)} picks written to {out}")
     return 0

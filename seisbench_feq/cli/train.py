@@ -1,4 +1,5 @@
-"""``seisbench-feq train`` and ``seisbench-feq train-report``: train LEQNet/FEQ1-3, plot validation F1."""
+"""``seisbench-feq train`` and ``seisbench-feq train-report``: train LEQNet/FEQ1-3 and the baselines, plot
+validation F1."""
 
 from __future__ import annotations
 
@@ -55,7 +56,11 @@ def add_parser(subparsers) -> None:
         " distillation from a teacher on continuous data and NCEDC training stations.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=D["model"], help="leqnet, feq1, feq2 or feq3")
+    p.add_argument(
+        "--model", default=D["model"],
+        help="leqnet, feq1, feq2, feq3, or a baseline: cba, eqt-gru, simple-cnn, simple-cnn-flat (detection target"
+        " only), decision-tree (scikit-learn on the same windows)",
+    )  # fmt: skip
     data = p.add_argument_group("supervised data")
     data.add_argument("--dataset", help="'stead' or a SeisBench-format dataset folder")
     data.add_argument("--stead-basepath", help="folder with STEAD's merged.csv and merged.hdf5 (first use)")
@@ -98,6 +103,12 @@ def add_parser(subparsers) -> None:
         " of the shifted grids agree within 1 s (at the median position, as Gaussian labels)",
     )
     dist.add_argument(
+        "--mask-ps-conflicts",
+        action="store_true",
+        help="make the teacher's P and S labels of one arrival (peaks within 0.5 s) unknown on the"
+        " continuous training data, so the student is not taught to fire both",
+    )
+    dist.add_argument(
         "--physical-augmentations",
         action="store_true",
         help="also time stretch, polarity flip and rotation of the horizontals",
@@ -134,6 +145,10 @@ def add_parser(subparsers) -> None:
     run.add_argument("--init", help="initial weights (SeisBench PREFIX of .json/.pt)")
     run.add_argument("--save-weights", help="folder to write NAME.pt.v1 + NAME.json.v1 into")
     run.add_argument("--weights-name", default=D["weights_name"])
+    run.add_argument(
+        "--tree-windows", type=int, default=D["tree_windows"],
+        help="decision-tree: training windows drawn (with --max-steps: max-steps x batch-size)",
+    )  # fmt: skip
     p.set_defaults(func=lambda args: _train(p, args))
 
     r = subparsers.add_parser(

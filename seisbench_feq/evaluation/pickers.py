@@ -144,9 +144,9 @@ class ModelPicker:
         for wanted in ("detection", "p", "s"):
             match = [i for i, label in enumerate(labels) if label == wanted or (wanted == "detection" and label == "d")]
             rows.append(match[0] if match else None)
-        if rows[1] is None and rows[2] is None:
-            raise ValueError(f"{type(model).__name__} has no P or S output (labels {labels})")
-        return rows
+        if all(row is None for row in rows):
+            raise ValueError(f"{type(model).__name__} has no detection, P or S output (labels {labels})")
+        return rows  # a detector (detection only) is scored on detection; its P/S columns stay empty
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -217,7 +217,10 @@ class ModelPicker:
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
         costs["weights_kb"] = buffer.getbuffer().nbytes / 1000.0
-        costs["mflops_per_window"] = flops_per_window(model, waveforms.shape[1], waveforms.shape[2]) / 1e6
+        # models whose weights are not torch tensors (the decision tree) state their own sizes
+        own = getattr(model, "evaluation_costs", dict)()
+        if "mflops_per_window" not in own:
+            costs["mflops_per_window"] = flops_per_window(model, waveforms.shape[1], waveforms.shape[2]) / 1e6
         was_training = model.training
         model.eval()
         try:
@@ -226,6 +229,7 @@ class ModelPicker:
             )
         finally:
             model.train(was_training)
+        costs.update(own)
         return costs
 
 

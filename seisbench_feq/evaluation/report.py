@@ -170,29 +170,39 @@ def plot_residuals(
     tolerance_s: float = TOLERANCE_S,
     sampling_rate: float = 100.0,
 ) -> Path:
-    """Histograms of pick - analyst residuals: one row per model, columns P and S."""
+    """Histograms of pick - analyst residuals: one row per model, columns P and S.
+
+    The x-axis spans the residuals themselves (99th percentile of all models' ``|residual|``, at
+    least twice the matching tolerance, at most 30 s), not only the matched ones; the tolerance is
+    marked. Residuals beyond the axis are counted in the panel title and drawn in the edge bins."""
     from matplotlib.figure import Figure  # no pyplot: no global backend switch, no figure registry
 
     names = list(picks_by_model)
+    residuals = {(name, phase): _residuals_s(picks_by_model[name], metadata, phase, sampling_rate)
+                 for name in names for phase in PHASES}
+    everything = np.abs(np.concatenate([r for r in residuals.values()] or [np.zeros(0)]))
+    span = 2 * tolerance_s
+    if len(everything):
+        span = float(min(max(span, np.percentile(everything, 99)), 30.0))
     fig = Figure(figsize=(9, 2.0 + 1.8 * len(names)))
     axes = fig.subplots(len(names), 2, squeeze=False, sharex=True)
-    span = 2 * tolerance_s
-    bins = np.linspace(-span, span, 41)
+    bins = np.linspace(-span, span, 61)
     for i, name in enumerate(names):
         for j, phase in enumerate(PHASES):
             ax = axes[i, j]
-            r = _residuals_s(picks_by_model[name], metadata, phase, sampling_rate)
+            r = residuals[(name, phase)]
             if not len(r):
                 ax.text(0.5, 0.5, "no picks", ha="center", va="center", transform=ax.transAxes)
             else:
                 ax.hist(np.clip(r, -span, span), bins=bins, color="C0" if phase == "P" else "C3")
-            for x in (-tolerance_s, tolerance_s):
-                ax.axvline(x, color="k", ls="--", lw=0.8)
+            for k, x in enumerate((-tolerance_s, tolerance_s)):
+                ax.axvline(x, color="k", ls="--", lw=0.8, label=f"matching tolerance ±{tolerance_s:g} s" if k == 0 else None)
             outside = int((np.abs(r) > span).sum())
-            ax.set_title(
-                f"{name}, {phase}: {len(r)} picks ({outside} beyond ±{span:g} s, drawn at the edge)", fontsize=8
-            )
+            inside = int((np.abs(r) <= tolerance_s).sum())
+            ax.set_title(f"{name}, {phase}: {len(r)} picks, {inside} within ±{tolerance_s:g} s"
+                         + (f", {outside} beyond ±{span:.2g} s (edge bins)" if outside else ""), fontsize=8)
             ax.set_ylabel("windows", fontsize=8)
+    axes[0, 1].legend(fontsize=7, loc="upper right", frameon=False)
     for ax in axes[-1]:
         ax.set_xlabel("pick - analyst (s)")
     fig.tight_layout()
@@ -202,26 +212,38 @@ def plot_residuals(
 
 
 def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Grouped bars of precision, recall and F1 per task and model."""
+    """Grouped bars of precision, recall and F1 per task and model, each bar labelled with its
+    value; the y-axis starts a little below the lowest value (not at 0) so that differences of a
+    few hundredths are visible, and says so. The legend sits below the panels."""
     from matplotlib.figure import Figure  # no pyplot: no global backend switch, no figure registry
 
-    fig = Figure(figsize=(13, 4.2))
-    axes = fig.subplots(1, 3, sharey=True)
     names = list(table.index)
+    metrics = ("precision", "recall", "f1")
+    values = {(name, task): [table.loc[name, f"{task}_{m}"] for m in metrics] for name in names for task in TASKS}
+    finite = [v for vs in values.values() for v in vs if not pd.isna(v)]
+    low = max(0.0, np.floor((min(finite) - 0.05) * 20) / 20) if finite else 0.0
+    fig = Figure(figsize=(13, 4.8))
+    axes = fig.subplots(1, 3, sharey=True)
     width = 0.8 / max(1, len(names))
     for ax, task in zip(axes, TASKS):
         for k, name in enumerate(names):
-            values = [table.loc[name, f"{task}_{m}"] for m in ("precision", "recall", "f1")]
-            values = [0.0 if pd.isna(v) else v for v in values]
-            ax.bar(np.arange(3) + (k - (len(names) - 1) / 2) * width, values, width, label=name)
+            x = np.arange(3) + (k - (len(names) - 1) / 2) * width
+            heights = [low if pd.isna(v) else v for v in values[(name, task)]]
+            bars = ax.bar(x, np.array(heights) - low, width, bottom=low, label=name, color=f"C{k % 10}")
+            for bar, v in zip(bars, values[(name, task)]):
+                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height() + 0.003,
+                        "n/a" if pd.isna(v) else f"{v:.3f}", ha="center", va="bottom", rotation=90,
+                        fontsize=6.5)
         ax.set_xticks(range(3), ["precision", "recall", "F1"])
         ax.set_title(task)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(low, 1.0 + (1.0 - low) * 0.12)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("score" + (f" (axis starts at {low:.2f})" if low > 0 else ""))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(names), 6),
+               fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 if len(names) <= 6 else 0.16, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path

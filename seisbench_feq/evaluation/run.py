@@ -21,8 +21,8 @@ from .scoring import COST_COLUMNS, DEFAULT_THRESHOLDS, PHASES, TOLERANCE_S, _che
 logger = logging.getLogger(__name__)
 
 MODEL_SPEC_HELP = (
-    "model specs: stalta (ObsPy baseline) or any spec of seisbench_feq.load_model: feq1 | feq2 | feq3 | leqnet"
-    " (shipped weights), NAME:WEIGHTS, PREFIX (a SeisBench .pt/.json pair), eqt-original:PATH.h5 /"
+    "model specs: stalta (ObsPy baseline) or any spec of seisbench_feq.load_model: feq1 | feq2 | feq3 | leqnet,"
+    " the earlier designs cba | eqt-gru | simple-cnn | simple-cnn-flat | decision-tree (shipped weights), NAME:WEIGHTS, PREFIX (a SeisBench .pt/.json pair), eqt-original:PATH.h5 /"
     " leqnet-original:PATH.h5 (Keras originals converted on the fly), PATH.h5, eqtransformer:PREFIX, ..."
 )
 
@@ -84,6 +84,8 @@ def _evaluate(
             row["tolerance_s"] = tolerance_s
             row.update({f"threshold_{k}": (v if uses_thresholds else math.nan) for k, v in thresholds.items()})
             row.update(cost)
+            # the design's published figure (the authors' own data, not comparable with these windows)
+            row["published"] = str(getattr(model, "published", "") or "")
             rows[mode][name] = row
             picks[mode][name] = found[mode]
         phases_by_model[name] = phases
@@ -191,6 +193,28 @@ def load_models(specs: Sequence[str], device: str | None = None) -> tuple[dict[s
             model = model.to(device)
         models[label] = model
     return models, labels
+
+
+PUBLISHED_NOTE = (
+    "Published figures of the earlier designs, as their authors report them on their own STEAD subsets:"
+    " a different dataset and protocol, not comparable with the scores above."
+)
+
+
+def published_markdown(table: pd.DataFrame) -> str:
+    """The ``published`` column of the models that have one, beside this run's F1, as markdown."""
+    from .report import markdown_table
+
+    if "published" not in table.columns:
+        return ""
+    rows = []
+    for name, row in table.iterrows():
+        if isinstance(row["published"], str) and row["published"]:
+            f1 = [("—" if pd.isna(row[f"{t}_f1"]) else f"{row[f'{t}_f1']:.3f}") for t in ("detection", "P", "S")]
+            rows.append([name, " / ".join(f1), row["published"]])
+    if not rows:
+        return ""
+    return PUBLISHED_NOTE + "\n\n" + markdown_table(["model", "this run: detection / P / S F1", "published"], rows)
 
 
 def _suffix(mode: str) -> str:
@@ -350,7 +374,10 @@ def _window_sections(
     ]
     for mode, full in tables.items():
         suffix = _suffix(mode)
-        extra = [c for c in full.columns if c.startswith(("threshold_", "tolerance", "pick_mode")) or c in COST_COLUMNS]
+        extra = [
+            c for c in full.columns
+            if c.startswith(("threshold_", "tolerance", "pick_mode")) or c in COST_COLUMNS or c in ("published", "tree_nodes")
+        ]  # fmt: skip
         for split_name in splits:
             mask = np.ones(len(md), bool) if split_name == "all" else (md["split"] == split_name).to_numpy()
             if not mask.any():
@@ -374,6 +401,9 @@ def _window_sections(
                 "",
                 table_markdown(table, reference),
             ]
+            published = published_markdown(table)
+            if published:
+                section += ["", published]
             if reference and reference in table.index:
                 bar = quality_bar_markdown(quality_bar(table, reference), reference)
                 section += ["", f"### Quality bar ({split_name}, {mode})", "", bar]

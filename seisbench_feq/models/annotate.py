@@ -15,6 +15,7 @@ SeisBench private methods used here (``_get_overlap``, ``_build_comp_dict``, ``_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -31,6 +32,8 @@ __all__ = [
     "DEFAULT_CHUNK_SECONDS",
     "annotate_chunked_async",
     "check_annotate_args",
+    "check_uncertainty_samples",
+    "pick_uncertainties",
     "window_step",
     "window_starts",
 ]
@@ -339,3 +342,146 @@ async def annotate_chunked_async(model, stream: obspy.Stream, copy: bool = True,
         if train_mode:
             model.train()
     return output
+
+
+# --- MC-dropout pick uncertainty ------------------------------------------------------------------
+
+#: Seconds added on each side of a pick's trigger span when its time is searched in a dropout pass.
+UNCERTAINTY_SEARCH_MARGIN_S = 0.5
+
+
+def _mc_dropout_modules(model) -> list:
+    """The dropouts that the original Keras EQTransformer/LEQNet ran at inference (``training=True``):
+    the spatial ones, with a rate > 0."""
+    import torch.nn as nn
+    from seisbench.models.eqtransformer import SpatialDropout1d
+
+    found = []
+    for module in model.modules():
+        if isinstance(module, (SpatialDropout1d, nn.Dropout1d)):
+            rate = getattr(module, "p", None)
+            if rate is None:
+                rate = getattr(getattr(module, "dropout", None), "p", 0.0)
+            if rate > 0:
+                found.append(module)
+    return found
+
+
+def check_uncertainty_samples(samples) -> int:
+    """``uncertainty_samples``: 0 (no estimate) or a whole number >= 2 of dropout passes."""
+    if not _is_int(samples) or samples < 0 or samples == 1:
+        raise ValueError(f"uncertainty_samples={samples!r}: expected 0 (no estimate) or a whole number >= 2 "
+                         "of dropout passes (a spread needs at least two)")
+    return int(samples)
+
+
+def _pick_windows(model, stream: obspy.Stream, picks: list, argdict: dict):
+    """One window of ``in_samples`` centred on each pick, in the model's component order, from the
+    stream cleaned and resampled as ``annotate`` does. Returns (windows, window start times)."""
+    stream = _copy_for_annotate(model, stream)
+    stream.merge(-1)
+    model.annotate_stream_pre(stream, argdict)
+    rate = model.sampling_rate or stream[0].stats.sampling_rate
+    n = model.in_samples
+    windows = np.zeros((len(picks), len(model.component_order), n), dtype=np.float32)
+    starts = []
+    flexible = model._argdict_get_with_default(argdict, "flexible_horizontal_components")
+    by_instrument: dict[str, list] = {}
+    for trace in stream:
+        key = model._grouping.trace_id_without_component(trace)
+        by_instrument.setdefault(key, []).append(trace)
+    for k, pick in enumerate(picks):
+        t0 = pick.peak_time - (n // 2) / rate
+        starts.append(t0)
+        traces = by_instrument.get(pick.trace_id, [])
+        if not traces:
+            continue
+        comp_dict, _ = model._build_comp_dict(traces, flexible)
+        for trace in traces:
+            component = comp_dict.get(trace.id[-1])
+            if component is None:
+                continue
+            offset = int(round((trace.stats.starttime - t0) * rate))
+            data = np.ma.filled(trace.data, 0)
+            lo, hi = max(0, offset), min(n, offset + len(data))
+            if lo < hi:
+                windows[k, component, lo:hi] = data[lo - offset : hi - offset]
+    return windows, starts, rate
+
+
+def pick_uncertainties(model, stream: obspy.Stream, picks, samples: int, seed: int | None = 0,
+                       **kwargs) -> list[float]:
+    """MC-dropout uncertainty of each pick's time, in seconds (also set as ``pick.uncertainty``).
+
+    For every pick, one window of ``in_samples`` centred on the pick is cut from ``stream`` (the
+    stream the picks were made on, cleaned and resampled as ``annotate`` does), normalised as in
+    ``annotate``, and run ``samples`` times with the spatial dropouts active (as the original
+    Keras models ran; rate ``drop_rate``). In each pass the pick's time is the maximum of its
+    phase curve within the pick's trigger span +- :data:`UNCERTAINTY_SEARCH_MARGIN_S`; the
+    uncertainty is the standard deviation (``ddof=1``) of those times.
+
+    Cost: ``samples`` extra forward passes of one window per pick (classify itself is unchanged).
+    E.g. 30 picks per station-hour with ``samples=20`` are 600 windows against classify's 120 per
+    station-hour at the default overlap: about 5 times the cost of classify.
+
+    Returns NaN for every pick when ``samples`` is 0, when the model has no spatial dropout with a
+    rate > 0, or for a pick whose instrument is not in ``stream``. ``seed`` makes the passes
+    reproducible (None: the global torch generator as it is); torch's generator is restored after.
+    """
+    import torch
+
+    from .backends import use_backend
+
+    picks = list(picks)
+    samples = check_uncertainty_samples(samples)
+    result = [math.nan] * len(picks)
+    dropouts = _mc_dropout_modules(model) if samples else []
+    if samples and not dropouts:
+        logger.warning("%s has no spatial dropout with a rate > 0: pick uncertainties are NaN",
+                       type(model).__name__)
+    if not picks or not dropouts or not len(stream):
+        for pick, value in zip(picks, result):
+            pick.uncertainty = value
+        return result
+    argdict = {**model.default_args, **kwargs}
+    windows, starts, rate = _pick_windows(model, stream, picks, argdict)
+    labels = list(model.labels)
+    batch_size = int(argdict.get("batch_size", 256))
+    blinding = argdict.get("blinding", model._annotate_args.get("blinding", (None, (0, 0)))[1]) or (0, 0)
+    states = {m: m.training for m in model.modules()}
+    generator_state = torch.random.get_rng_state()
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+        model.eval()
+        for module in dropouts:
+            module.train()
+        # The fused path runs res_stack (where the spatial dropouts are) as modules, so it samples
+        # them; ONNX Runtime would not, hence "fused" for these passes.
+        backend = use_backend(model, "fused") if hasattr(model, "inference_backend") else contextlib.nullcontext()
+        with torch.no_grad(), backend:
+            for k, pick in enumerate(picks):
+                if pick.phase not in labels or not windows[k].any():
+                    continue
+                lo = int((pick.start_time - starts[k] - UNCERTAINTY_SEARCH_MARGIN_S) * rate)
+                hi = int(math.ceil(((pick.end_time or pick.peak_time) - starts[k]
+                                    + UNCERTAINTY_SEARCH_MARGIN_S) * rate)) + 1
+                lo, hi = max(lo, blinding[0]), min(hi, model.in_samples - blinding[1])
+                if lo >= hi:
+                    continue
+                x = model.annotate_batch_pre(torch.from_numpy(windows[k : k + 1]), argdict)
+                times = []
+                for done in range(0, samples, batch_size):
+                    y = model(x.expand(min(batch_size, samples - done), *x.shape[1:]).contiguous())
+                    curve = y[labels.index(pick.phase)][:, lo:hi]
+                    times.append((lo + curve.argmax(dim=1).double()) / rate)
+                result[k] = float(torch.cat(times).std())
+    finally:
+        for module, flag in states.items():
+            module.train(flag)
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)
+    for pick, value in zip(picks, result):
+        pick.uncertainty = value
+    return result
+

@@ -22,43 +22,23 @@ that EqT's 377k-parameter constructor never runs.
 
 from __future__ import annotations
 
-import functools
 import importlib.resources
 from pathlib import Path
 from typing import Any, Sequence
 
-import obspy
-import seisbench
-import seisbench.util as sbu
 import torch
 import torch.nn as nn
-from seisbench.models import EQTransformer, WaveformModel
+from seisbench.models import WaveformModel
 from seisbench.models.eqtransformer import SeqSelfAttention, Transformer
 
-from . import picking
-from .annotate import DEFAULT_CHUNK_SECONDS, annotate_chunked_async
 from .backends import dispatch_forward
+from .hooks import PickerHooks
 from .layers import KERAS_EPSILON, RNN_CELLS, BiRNNStack, BottleneckStack, Decoder, Encoder
-from .preprocessing import clean_stream, preprocess_windows, warn_incomplete_instruments
 
 __all__ = ["LEQNet", "FEQ1", "FEQ2", "FEQ3", "MODELS"]
 
 
-def _log_hook_errors(hook):
-    """SeisBench's annotate hangs silently when a batch hook raises; at least say why first."""
-
-    @functools.wraps(hook)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return hook(self, *args, **kwargs)
-        except Exception:
-            seisbench.logger.exception(f"{type(self).__name__}.{hook.__name__} failed")
-            raise
-
-    return wrapper
-
-
-class LEQNet(WaveformModel):
+class LEQNet(PickerHooks, WaveformModel):
     """LEQNet (Lim et al., 2022): EQTransformer with depthwise-separable convolutions, layer reuse
     and bottleneck residual blocks. FEQ1-3 are the same class with other defaults.
 
@@ -81,32 +61,6 @@ class LEQNet(WaveformModel):
         std of many broadband records and hides local earthquakes. The original EqT/LEQNet were
         trained on STEAD, which is band-passed 1-45 Hz.
     """
-
-    _annotate_args = WaveformModel._annotate_args.copy()
-    _annotate_args["*_threshold"] = ("Trigger threshold for the phase picks", 0.3)
-    _annotate_args["detection_threshold"] = ("Trigger threshold for detections", 0.5)
-    _annotate_args["blinding"] = (
-        "Prediction samples discarded at each window edge (pre, post): edges see no context",
-        (500, 500),
-    )
-    _annotate_args["stacking"] = (
-        "Stacking of overlapping windows, 'max' or 'avg' (NaN-blinded edges are ignored)",
-        "max",
-    )
-    # 50 % overlap: every sample is seen away from a blinded edge, and picks near an edge get a
-    # second opinion from the neighbouring window (overlap >= sum(blinding) avoids NaN holes).
-    _annotate_args["overlap"] = (_annotate_args["overlap"][0], 3000)
-    _annotate_args["pick_mode"] = (
-        "Pick rule: 'peak' (SeisBench: every trigger of a phase curve, at its maximum) or 'eqt' "
-        "(EQTransformer's: per detection the first S inside it and the highest P from 1 s before its "
-        "start to 0.1 s before that S); see seisbench_feq.models.picking",
-        "peak",
-    )
-    _annotate_args["chunk_seconds"] = (
-        "Continuous segments are annotated in pieces of this many seconds, overlapping by whole "
-        "windows (bounded memory, same output); 0 annotates each segment at once",
-        DEFAULT_CHUNK_SECONDS,
-    )
 
     #: Inference path in eval() without autograd: "fused" (default), "plain" (the modules as
     #: written) or "onnxruntime"; all compute the same outputs (see seisbench_feq.models.backends).
@@ -213,47 +167,7 @@ class LEQNet(WaveformModel):
             return tuple(outputs)
         return tuple(torch.sigmoid(y) for y in outputs)
 
-    # --- annotate/classify hooks -------------------------------------------------------------
-
-    @_log_hook_errors
-    def annotate_batch_pre(self, batch: torch.Tensor, argdict: dict[str, Any]) -> torch.Tensor:
-        return preprocess_windows(self, batch)
-
-    annotate_batch_post = _log_hook_errors(EQTransformer.annotate_batch_post)
-
-    async def annotate_async(self, stream: obspy.Stream, copy: bool = True, **kwargs) -> obspy.Stream:
-        # SeisBench's annotate, with long segments processed in overlapping pieces (chunk_seconds).
-        return await annotate_chunked_async(self, stream, copy=copy, **kwargs)
-
-    def classify_aggregate(self, annotations: obspy.Stream, argdict: dict[str, Any]) -> sbu.ClassifyOutput:
-        """Picks with the ``pick_mode`` rule (:mod:`seisbench_feq.models.picking`), SeisBench's detections."""
-        default = self._annotate_args["*_threshold"][1]
-        thresholds = {phase: argdict.get(f"{phase}_threshold", default) for phase in self.phases}
-        thresholds["detection"] = argdict.get("detection_threshold", self._annotate_args["detection_threshold"][1])
-        picks = picking.classify_picks(
-            annotations, self.__class__.__name__, self.phases, thresholds, argdict.get("pick_mode", "peak")
-        )
-        detections = self.detections_from_annotations(
-            annotations.select(channel=f"{self.__class__.__name__}_Detection"), thresholds["detection"]
-        )
-        return sbu.ClassifyOutput(self.name, picks=picks, detections=detections)
-
-    # SeisBench's trigger extraction, piece by piece (same picks, bounded memory on long traces).
-    picks_from_annotations = staticmethod(picking.picks_from_annotations)
-    detections_from_annotations = staticmethod(picking.detections_from_annotations)
-
-    def annotate_stream_pre(self, stream: obspy.Stream, argdict: dict[str, Any]) -> obspy.Stream:
-        stream.traces = clean_stream(stream, self.sampling_rate, self.in_samples, self.name).traces
-        return super().annotate_stream_pre(stream, argdict)
-
-    # The cleaner and SeisBench's grouping only assign new arrays: annotate may share the caller's
-    # samples read-only instead of copying them (a subclass overriding this hook gets a copy).
-    annotate_stream_pre.shares_input = True
-
-    def annotate_stream_validate(self, stream: obspy.Stream, argdict: dict[str, Any]):
-        stream = super().annotate_stream_validate(stream, argdict)
-        warn_incomplete_instruments(stream, self.component_order, self.name)
-        return stream
+    # annotate/classify hooks: PickerHooks (seisbench_feq.models.hooks)
 
     # --- weights ---------------------------------------------------------------------------
 

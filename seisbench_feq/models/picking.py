@@ -16,6 +16,12 @@ Two rules (``pick_mode``):
 
     P and S outside every detection are dropped.
 
+P/S conflicts (``min_ps_separation``, seconds; ``classify``'s default 0.5 s for the package models)
+    A P and an S pick of one station closer than this cannot both be right: an S-P time under
+    0.5 s means a hypocentre within about 4 km of the station. Light models often fire both
+    outputs on one arrival of continuous data; :func:`resolve_ps_conflicts` keeps the more
+    probable pick of each such pair. 0 keeps every pick.
+
 :func:`picks_from_windows` applies either rule to (N, 3, samples) arrays of (detection, P, S)
 probabilities (evaluation); :func:`classify_picks` to the annotation stream of ``classify``.
 The ObsPy triggers run piece by piece (:func:`trigger_onsets`): SeisBench's own call of
@@ -38,6 +44,7 @@ __all__ = [
     "peak_window_picks",
     "picks_from_windows",
     "classify_picks",
+    "resolve_ps_conflicts",
     "WindowPicks",
 ]
 
@@ -278,16 +285,52 @@ def eqt_picks_from_annotations(annotations, model_name: str, thresholds: Mapping
     return sbu.PickList(sorted(picks))
 
 
+def check_ps_separation(seconds) -> float:
+    """``min_ps_separation`` as seconds >= 0, or a ValueError naming it."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not np.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"min_ps_separation={seconds!r}: expected seconds >= 0 (0 keeps every pick)")
+    return float(seconds)
+
+
+def resolve_ps_conflicts(picks, min_separation_s: float, phases: str = "PS"):
+    """Of every P and S pick of one station closer than ``min_separation_s``, drop the less probable.
+
+    Each pair is judged on the picks' own ``peak_value`` (a tie keeps the P); a pick that loses
+    any pair is dropped. Returns a sorted ``PickList``.
+    """
+    import seisbench.util as sbu
+
+    if not check_ps_separation(min_separation_s):
+        return sbu.PickList(sorted(picks))
+    p_phase, s_phase = phases[0], phases[1]
+    dropped = set()
+    by_station: dict[str, list] = {}
+    for index, pick in enumerate(picks):
+        by_station.setdefault(pick.trace_id, []).append((index, pick))
+    for members in by_station.values():
+        p_picks = [(i, p) for i, p in members if p.phase == p_phase]
+        for j, s in ((j, s) for j, s in members if s.phase == s_phase):
+            for i, p in p_picks:
+                if abs(float(s.peak_time - p.peak_time)) < min_separation_s:
+                    dropped.add(j if (p.peak_value or 0.0) >= (s.peak_value or 0.0) else i)
+    return sbu.PickList(sorted(p for k, p in enumerate(picks) if k not in dropped))
+
+
 def classify_picks(annotations, model_name: str, phases: str, thresholds: Mapping[str, float],
-                   pick_mode: str = "peak"):
-    """Picks of a ``classify`` annotation stream with the chosen rule (a sorted ``PickList``)."""
+                   pick_mode: str = "peak", min_ps_separation: float = 0.0):
+    """Picks of a ``classify`` annotation stream with the chosen rule (a sorted ``PickList``),
+    P/S conflicts closer than ``min_ps_separation`` seconds resolved (:func:`resolve_ps_conflicts`)."""
     import seisbench.util as sbu
 
     check_pick_mode(pick_mode)
+    check_ps_separation(min_ps_separation)
     th = {**DEFAULT_THRESHOLDS, **thresholds}
     if pick_mode == "eqt":
-        return eqt_picks_from_annotations(annotations, model_name, th, phases)
-    picks = sbu.PickList()
-    for phase in phases:
-        picks += picks_from_annotations(annotations.select(channel=f"{model_name}_{phase}"), th[phase], phase)
+        picks = eqt_picks_from_annotations(annotations, model_name, th, phases)
+    else:
+        picks = sbu.PickList()
+        for phase in phases:
+            picks += picks_from_annotations(annotations.select(channel=f"{model_name}_{phase}"), th[phase], phase)
+    if len(phases) >= 2 and min_ps_separation > 0:
+        return resolve_ps_conflicts(picks, min_ps_separation, phases)
     return sbu.PickList(sorted(picks))

@@ -46,16 +46,15 @@ class ChannelRing:
         """Samples held back beyond the end (waiting for a missing record)."""
         return max((i + len(v) for i, _, v in self.pending), default=self.end) - self.end
 
-    def prepend(self, index: int, values: np.ndarray) -> np.ndarray:
-        """Store samples before :attr:`start` (a record older than the first one received, while
-        nothing of the channel has been processed); returns the part from :attr:`start` on."""
-        head = values[: self.start - index]
-        grown = np.full(max(len(self.data), self.n + (self.start - index)) + 8192, np.nan)
-        shift = self.start - index
-        grown[: len(head)] = head
-        grown[shift: shift + self.n] = self.data[: self.n]
-        self.data, self.n, self.start = grown, self.n + shift, index
-        return values[shift:]
+    def reopen(self, index: int) -> None:
+        """Move the start back to ``index`` (a record older than the first one received, while
+        nothing of the channel has been processed). What was written goes back into the reorder
+        buffer, so the samples between the new start and the old one wait for their records like
+        any other gap instead of reading as "already received"."""
+        if self.n:
+            heapq.heappush(self.pending, (self.start, self._order, self.data[: self.n].copy()))
+            self._order += 1
+        self.start, self.n = index, 0
 
     def add(self, index: int, values: np.ndarray, can_prepend: bool = False) -> dict:
         """Take one record. Returns what happened: ``dropped`` (samples already present),
@@ -63,11 +62,7 @@ class ChannelRing:
         now, as ``(start, end)`` indices), ``held`` (the record waits for a missing one)."""
         report = {"dropped": 0, "late": 0, "gaps": [], "held": False}
         if index < self.start and can_prepend:
-            old_start = self.start
-            values = self.prepend(index, values)
-            index = old_start
-            if not len(values):
-                return report
+            self.reopen(index)
         if index < self.end:
             overlap = min(self.end - index, len(values))
             late = sum(max(0, min(b, index + overlap) - max(a, index))
@@ -233,6 +228,11 @@ class Planner:
             if station.seg_start is None:
                 start = self._first_valid(station, station.scan_pos, ready)
                 if start is None:
+                    return None
+                if not final and ready - start < station.win:
+                    # not committed yet: until one window has run, a late record older than the
+                    # first one received still opens the stream (see Ingest._store)
+                    station.scan_pos = start
                     return None
                 station.seg_start = station.o_next = start
                 station.final_end = start + station.pre

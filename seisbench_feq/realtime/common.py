@@ -94,3 +94,26 @@ def parse_streams(streams: str | Sequence[str] | None) -> list[tuple[str, str, s
             raise RealtimeError(f"--streams entry {item!r} is not NET.STA.LOC.CHA (e.g. CX.PB01..HH?)")
         out.append(tuple(parts))
     return out
+
+
+def streams_from_stations(stations: str | Sequence[str], channels: str | Sequence[str]) -> list[str]:
+    """``--stations`` (``NET.STA`` or ``NET.STA.LOC``, wildcards ok) x ``--channels`` (band codes
+    in priority order) -> ``NET.STA.LOC.BB?`` stream patterns (location ``*`` when not given)."""
+    items = [x.strip() for x in (stations.split(",") if isinstance(stations, str) else stations) if x.strip()]
+    bands = [b.strip().upper() for b in (channels.split(",") if isinstance(channels, str) else channels)
+             if b.strip()]
+    if not items:
+        raise RealtimeError("--stations is empty: give NET.STA or NET.STA.LOC, e.g. CX.PB01,CX.PB02")
+    bad = [b for b in bands if len(b) != 2]
+    if bad or not bands:
+        raise RealtimeError(f"--channels {','.join(bands) or '(empty)'}: give two-letter band codes "
+                            "in priority order, e.g. HH,BH")
+    streams = []
+    for item in items:
+        parts = item.split(".")
+        if len(parts) not in (2, 3):
+            raise RealtimeError(f"--stations entry {item!r} is not NET.STA or NET.STA.LOC (e.g. CX.PB01)")
+        net, sta = parts[:2]
+        loc = parts[2] if len(parts) == 3 else "*"
+        streams += [f"{net}.{sta}.{loc}.{band}?" for band in bands]
+    return streams

@@ -60,6 +60,12 @@ class Ingest:
                                 "skipped", trace.id, trace.stats.sampling_rate, key, station.sampling_rate)
                 return
             band = trace.stats.channel[:-1]
+            if station.band is not None and band != station.band and self._prefer(station, band):
+                logger.info("%s: band %s? comes before %s? in the channel priority; using %s", key, band,
+                            station.band, band)
+                station.band, station.channels, station.first_index = band, {}, None
+                station.scan_pos = station.ready_index = 0
+                station.marks.clear()
             if station.band is None:
                 station.band = band
             elif band != station.band:
@@ -82,8 +88,11 @@ class Ingest:
         # until the first segment starts, a record older than the first one received still
         # opens the stream (records of the first seconds often arrive out of order)
         fresh = station.seg_start is None and station.final_end == 0 and station.ann_start is None
-        if station.first_index is None or (index < station.first_index and fresh):
+        if station.first_index is None:
             station.first_index = station.scan_pos = index
+        elif fresh:
+            station.first_index = min(station.first_index, index)
+            station.scan_pos = min(station.scan_pos, index)
         report = ring.add(index, values, can_prepend=fresh and index >= station.first_index)
         if report["late"]:
             self.p.stats["late_samples_dropped"] += report["late"]
@@ -103,6 +112,9 @@ class Ingest:
             self.p.stats["held_records"] += 1
         station.last_arrival = arrival
         ready = self.p.planner.ready_index(station)
+        if fresh and ready < station.ready_index:  # an older record reopened the stream start
+            station.ready_index = ready
+            station.marks = type(station.marks)(m for m in station.marks if m[0] <= ready)
         if ready > station.ready_index:
             station.ready_index = ready
             station.marks.append((ready, arrival))
@@ -111,6 +123,14 @@ class Ingest:
             station.queued = True
             self.p._queue.append(station.key)
             self.p._ready.notify()
+
+    def _prefer(self, station: Station, band: str) -> bool:
+        """Switch a station to ``band``: it comes first in the channel priority and nothing of
+        the station has been processed yet."""
+        priority = self.p.band_priority
+        if band not in priority or (station.band in priority and priority.index(station.band) < priority.index(band)):
+            return False
+        return station.seg_start is None and station.final_end == 0 and station.ann_start is None
 
     def gaps(self, station: Station, ring: ChannelRing, gaps: list[tuple[int, int]]) -> None:
         for a, b in gaps:

@@ -1,4 +1,7 @@
-"""What the real-time picker writes: the picks CSV, QuakeML per detection, station figures.
+"""What the real-time picker writes: the picks CSV and station figures.
+
+Located events (QuakeML) come from ``seisbench-feq associate`` on the picks CSV: one station
+cannot locate an event, and the package's one QuakeML builder writes no event without an origin.
 
 Every file name made from SEED codes goes through :func:`seisbench_feq.io.files.safe_station`
 and :func:`~seisbench_feq.io.files.path_inside`: a network code ``/`` cannot write outside the
@@ -13,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import obspy
-from obspy import UTCDateTime
 
 from ..io.files import atomic_write, path_inside, safe_station
 from .common import CSV_COLUMNS, RealtimeError, RealtimePick
@@ -57,68 +59,73 @@ class PickCSV:
             self._file = None
 
 
-def write_detection_event(quakeml_dir: Path, station_key: str, det, picks: list[RealtimePick],
-                          model_label: str) -> Path | None:
-    """One QuakeML file for a single-station detection with its picks, or None without picks.
-
-    There is no origin: one station cannot locate an event. The file carries the picks (P on the
-    vertical, S on a horizontal; probability in the package's agreed ``seisbench_feq:probability``
-    extra, see :mod:`seisbench_feq.io.quakeml`) for a locator downstream; ``associate`` builds
-    located events from the picks CSV.
-    """
-    from obspy.core.event import (Catalog, Comment, CreationInfo, Event, EventDescription, Pick,
-                                  WaveformStreamID)
-
-    from ..io.quakeml import NAMESPACE, PROBABILITY_KEY, phase_channel, write_quakeml
-
-    mine = [p for p in picks if det.start_time - 2.0 <= p.time <= det.end_time]
-    if not mine:
-        return None
-    creation = CreationInfo(agency_id="seisbench_feq", author=f"seisbench_feq realtime {model_label}",
-                            creation_time=UTCDateTime())
-    event = Event(event_type="earthquake", event_type_certainty="suspected", creation_info=creation)
-    event.event_descriptions.append(EventDescription(
-        text=f"single-station detection at {station_key} by {model_label} (not located)",
-        type="region name"))
-    event.comments.append(Comment(
-        text=f"detection {det.start_time} - {det.end_time}, peak probability {det.peak_value:.3f}"))
-    net, sta, loc = station_key.split(".")
-    for pick in mine:
-        qml = Pick(time=pick.time, phase_hint=pick.phase, evaluation_mode="automatic",
-                   waveform_id=WaveformStreamID(net, sta, loc, phase_channel(pick.channel, pick.phase) or ""),
-                   method_id=f"smi:seisbench_feq/realtime/{model_label}", creation_info=creation)
-        qml.extra = {PROBABILITY_KEY: {"value": f"{pick.probability:.4f}", "namespace": NAMESPACE}}
-        event.picks.append(qml)
-    path = path_inside(quakeml_dir, f"{safe_station(station_key)}_"
-                                    f"{det.start_time.strftime('%Y%m%dT%H%M%S.%f')}.xml")
-    write_quakeml(Catalog([event]), path)
-    logger.info("event %s written (%d picks)", path.name, len(event.picks))
-    return path
+#: fixed order and colours of the probability curves and pick lines (the same in every figure)
+CURVES = (("Detection", "tab:green", "detection"), ("P", "tab:blue", "P probability"),
+          ("S", "tab:red", "S probability"))
 
 
 def plot_station(plot_dir: Path, station, waveforms: obspy.Stream, annotations: obspy.Stream,
-                 picks: list[RealtimePick], title: str, model=None) -> Path:
-    """The station's figure: waveforms filtered as the model sees them, probabilities, picks."""
-    import matplotlib.pyplot as plt
-    import seisbench.util as sbu
-
-    from ..plotting import plot_annotations
+                 picks: list[RealtimePick], title: str, thresholds: dict | None = None,
+                 highpass: float = 1.0) -> Path:
+    """The station's figure: the waveforms filtered as the model sees them (demeaned, the model's
+    zero-phase ``highpass`` in Hz: raw data is all microseism), the probabilities in a fixed order with their
+    thresholds, the emitted picks on every panel, and one legend outside the panels."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     shown = waveforms.copy()
     for tr in shown:
         tr.data = np.asarray(tr.data, dtype=np.float64)
-    try:  # the model's view: demeaned and high-passed (raw data is all microseism)
+    try:
         shown.detrend("demean")
-        shown.filter("highpass", freq=1.0, corners=2, zerophase=False)
+        shown.taper(max_percentage=0.02, type="cosine")  # no filter transient at the edges
+        if highpass:
+            shown.filter("highpass", freq=highpass, corners=2, zerophase=True)
     except Exception:  # noqa: BLE001 - a figure must show something even on odd data
         pass
-    sb_picks = sbu.PickList(sbu.Pick(p.trace_id, p.start_time, p.end_time, p.time, p.probability, p.phase)
-                            for p in picks)
+    if not len(shown):
+        raise RealtimeError(f"{station.key}: no waveform to plot")
+    t0 = min(tr.stats.starttime for tr in shown)
+    fig = Figure(figsize=(11, 1.4 * len(shown) + 2.4))
+    axes = fig.subplots(len(shown) + 1, 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [1] * len(shown) + [1.4]})[:, 0]
+    for ax, trace in zip(axes, shown):
+        ax.plot(trace.times(reftime=t0), trace.data, "k", lw=0.5)
+        ax.set_ylabel(trace.stats.channel, rotation=0, ha="right", va="center")
+        ax.set_yticks([])
+    prob = axes[-1]
+    handles = []
+    by_label = {tr.stats.channel.rsplit("_", 1)[-1]: tr for tr in annotations}
+    for label, colour, name in CURVES:
+        trace = by_label.get(label)
+        if trace is not None:
+            handles += prob.plot(trace.times(reftime=t0), trace.data, color=colour, lw=1.2, label=name)
+        threshold = (thresholds or {}).get(label)
+        if threshold is not None and trace is not None:
+            prob.axhline(threshold, color=colour, ls=":", lw=0.8)
+    prob.set_ylim(-0.02, 1.02)
+    prob.set_ylabel("probability")
+    prob.set_xlabel(f"seconds after {t0.strftime('%Y-%m-%dT%H:%M:%S')} UTC")
+    for pick in picks:
+        colour = "tab:blue" if pick.phase == "P" else "tab:red"
+        for ax in axes:
+            ax.axvline(pick.time - t0, color=colour, ls="--", lw=1)
+    for phase, colour in (("P", "tab:blue"), ("S", "tab:red")):
+        if any(p.phase == phase for p in picks):
+            handles.append(Line2D([], [], color=colour, ls="--", lw=1, label=f"{phase} pick"))
+    if thresholds:
+        handles.append(Line2D([], [], color="grey", ls=":", lw=0.8, label="threshold"))
+    # outside the panels, to the right: it never covers a curve
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.86, 0.98), fontsize="small",
+               frameon=False)
+    axes[0].set_title(title, loc="left", fontsize="medium")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     path = path_inside(plot_dir, f"{safe_station(station.key)}.png")
 
     def draw(tmp):
-        fig = plot_annotations(shown, annotations, sb_picks, tmp, title=title)
-        plt.close(fig)
+        png = tmp.with_suffix(".png")
+        fig.savefig(png, dpi=110)
+        png.replace(tmp)
 
-    atomic_write(path, lambda tmp: draw(tmp.with_suffix(".png")) or tmp.with_suffix(".png").replace(tmp))
+    atomic_write(path, draw)
     return path

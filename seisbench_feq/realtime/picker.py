@@ -18,7 +18,7 @@ from . import finality
 from .buffers import ChannelRing, Job, Planner, Station, arrival_of, station_stream
 from .ingest import Ingest
 from .common import COMPONENT_ALIASES, RealtimeError, RealtimePick
-from .outputs import PickCSV, plot_station, write_detection_event
+from .outputs import PickCSV, plot_station
 from .sources import Source
 
 logger = logging.getLogger("seisbench_feq.realtime")
@@ -46,7 +46,9 @@ class RealtimePicker:
     :param model: any array-output ``WaveformModel`` (FEQ3, EQTransformer, ...).
     :param callback: called with each :class:`RealtimePick` as it is emitted (errors are logged).
     :param csv_path: picks are appended here (header written once), flushed per pick.
-    :param quakeml_dir: one QuakeML file per final detection that has picks (not located).
+    :param quakeml_dir: deprecated, ignored with a warning: one station cannot locate an event,
+        so real time writes no QuakeML; ``seisbench-feq associate`` builds located events from
+        the picks CSV (the package's one QuakeML builder, :func:`seisbench_feq.io.quakeml.build_catalog`).
     :param plot_dir: a PNG per station, rewritten every ``plot_interval`` s: the last
         ``plot_seconds`` of waveform (filtered as the model sees it), the probabilities and picks.
     :param step: seconds of new data between model calls (rounded to whole window strides; the
@@ -61,6 +63,8 @@ class RealtimePicker:
     :param dedupe_tolerance: seconds within which a same-phase pick at a station is a duplicate.
     :param batch_stations: stations whose windows go into one ``annotate`` call at most.
     :param weights: the weights label written with each pick.
+    :param band_priority: band codes in priority order (``["HH", "BH"]``): a station that streams
+        several bands uses, of those that arrive before its first window has run, the one first in this list.
     :param annotate_kwargs: passed to ``annotate`` and ``classify_aggregate`` like ``classify``'s
         keyword arguments (e.g. ``P_threshold=0.2``, ``overlap=4000``).
     """
@@ -70,7 +74,7 @@ class RealtimePicker:
                  plot_dir: str | Path | None = None, plot_interval: float = 60.0, plot_seconds: float = 120.0,
                  step: float | None = None, silence_timeout: float = 120.0, max_component_lag: float = 30.0,
                  reorder_window: float = 30.0, history: float = 300.0, dedupe_tolerance: float = 0.2,
-                 batch_stations: int = 64, weights: str = "", **annotate_kwargs):
+                 batch_stations: int = 64, weights: str = "", band_priority=None, **annotate_kwargs):
         if getattr(model, "output_type", None) != "array":
             raise RealtimeError(f"{type(model).__name__}: real-time picking needs an array-output WaveformModel")
         for name, value in (("silence_timeout", silence_timeout), ("history", history),
@@ -100,9 +104,18 @@ class RealtimePicker:
         self.history = history
         self.dedupe_tolerance = dedupe_tolerance
         self.batch_stations = int(batch_stations)
+        self.band_priority = [b.strip().upper() for b in (band_priority.split(",") if isinstance(band_priority, str)
+                                                          else band_priority or []) if b.strip()]
         self.plot_dir = Path(plot_dir) if plot_dir else None
         self.plot_interval, self.plot_seconds = plot_interval, plot_seconds
-        self.quakeml_dir = Path(quakeml_dir) if quakeml_dir else None
+        if quakeml_dir:
+            import warnings
+
+            message = ("quakeml_dir is deprecated and ignored: single-station detections have no origin; "
+                       "build located events with `seisbench-feq associate` on the picks CSV")
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            logger.warning("deprecated: %s", message)
+        self.quakeml_dir = None
         self.csv = PickCSV(csv_path, weights) if csv_path else None
         self.picks: list[RealtimePick] = []
         self.silence_flushed: dict[str, float] = {}  # station -> wall time of its last silence flush
@@ -183,10 +196,7 @@ class RealtimePicker:
                                                            self.dedupe_tolerance)
         for pick in picks:
             self._emit(station, pick, job, model_start)
-        for det in detections:
-            self.stats["detections"] += 1
-            if self.quakeml_dir is not None:
-                self._write_event(station, det)
+        self.stats["detections"] += len(detections)
         if job.flush:
             if self.plot_dir is not None:  # the segment's last figure, before its buffer goes
                 self._safe_plot(station, time.time())
@@ -264,14 +274,6 @@ class RealtimePicker:
 
     # ---- outputs -----------------------------------------------------------------------------
 
-    def _write_event(self, station: Station, det) -> None:
-        mine = [p for p in self.picks if p.trace_id == station.key]
-        path = write_detection_event(self.quakeml_dir, station.key, det, mine, self.model_label)
-        if path is None:
-            self.stats["detections_without_picks"] += 1
-        else:
-            self.events_written.append(path)
-
     def _safe_plot(self, station: Station, now: float) -> None:
         try:
             self._plot(station, now)
@@ -290,8 +292,14 @@ class RealtimePicker:
         waveforms.traces.sort(key=lambda tr: comps.index(COMPONENT_ALIASES.get(tr.stats.channel[-1], tr.stats.channel[-1]))
                               if COMPONENT_ALIASES.get(tr.stats.channel[-1], tr.stats.channel[-1]) in comps else 9)
         picks = [p for p in self.picks if p.trace_id == station.key and t0 <= p.time <= t1]
+        defaults = getattr(self.model, "_annotate_args", {})  # classify_aggregate's defaults
+        thresholds = {label: self.argdict.get(key, defaults.get(key, defaults.get("*_threshold", (None, None)))[1])
+                      for label, key in (("P", "P_threshold"), ("S", "S_threshold"),
+                                         ("Detection", "detection_threshold"))}
         plot_station(self.plot_dir, station, waveforms, annotations, picks,
-                     f"{station.key} {self.model_label}, final up to {t1.strftime('%Y-%m-%dT%H:%M:%S')}")
+                     f"{station.key}  {self.model_label}  final up to {t1.strftime('%Y-%m-%dT%H:%M:%S')}",
+                     thresholds={k: v for k, v in thresholds.items() if v is not None},
+                     highpass=float(getattr(self.model, "highpass", None) or 1.0))
         station.plotted_final = station.final_end
         station.last_plot = now
 
@@ -471,8 +479,6 @@ class RealtimePicker:
             lines.append(f"{s['nan_samples']} NaN/inf sample(s) treated as gaps")
         if s["failed_calls"]:
             lines.append(f"{s['failed_calls']} model call(s) failed; their windows were skipped")
-        if s["detections_without_picks"]:
-            lines.append(f"{s['detections_without_picks']} detection(s) without picks: no QuakeML written")
         for key, n in sorted(self.warned.items()):
             if n > 1:
                 lines.append(f"warning {key} repeated {n} times")

@@ -144,9 +144,20 @@ def _time(value, what):
                             "such as 2014-05-01 or 2014-05-01T01:30:00") from None
 
 
+class ConnectionEnded(Exception):
+    """The SeedLink server ended a streaming connection: ``clean`` for a close (TCP FIN), else a
+    reset or read error. Not an ``OSError``, so that it reaches :meth:`SeedLinkSource.run` (ObsPy
+    would log an ERROR and reconnect by itself)."""
+
+    def __init__(self, message: str, clean: bool):
+        super().__init__(message)
+        self.clean = clean
+
+
 def _seedlink_connection_class():
     """ObsPy's SeedLinkConnection with three fixes a long-running client needs (ObsPy 1.5.1)."""
     from obspy.clients.seedlink.client.seedlinkconnection import SeedLinkConnection
+    from obspy.clients.seedlink.client.slstate import SLState
     from obspy.clients.seedlink.seedlinkexception import SeedLinkException
 
     class _Connection(SeedLinkConnection):
@@ -159,19 +170,29 @@ def _seedlink_connection_class():
             return super().is_connected(1.0 if timeout is None else timeout)
 
         def receive_data(self, maxbytes, code):
-            data = super().receive_data(maxbytes, code)
+            streaming = self.state.state == SLState.SL_DATA
+            try:
+                data = super().receive_data(maxbytes, code)
+            except OSError as exc:
+                if streaming:
+                    raise ConnectionEnded(f"connection lost ({exc})", clean=False) from exc
+                raise
             # recv() returns b"" only when the server closed the socket (it blocks up to netto
             # otherwise); ObsPy treats it as "no data yet" and would wait for the network timeout
             if data == b"" and maxbytes > 0:
+                if streaming:
+                    raise ConnectionEnded("the server closed the connection", clean=True)
                 raise ConnectionResetError("the SeedLink server closed the connection")
             return data
 
         def connect(self):
             self.owner.connect_attempts += 1
+            self.owner.records_this_connection = 0
             if self.owner.connect_attempts > 1:
-                logger.warning("SeedLink %s: reconnecting (attempt %d); resuming %s", self.sladdr,
-                               self.owner.connect_attempts,
-                               ", ".join(f"{s.net}.{s.station} after #{s.seqnum}" for s in self.streams))
+                level = logging.INFO if self.owner.closed_cleanly else logging.WARNING
+                logger.log(level, "SeedLink %s: reconnecting (attempt %d); resuming %s", self.sladdr,
+                           self.owner.connect_attempts,
+                           ", ".join(f"{s.net}.{s.station} after #{s.seqnum}" for s in self.streams))
             super().connect()
 
         def update_stream(self, slpacket):
@@ -206,11 +227,13 @@ class SeedLinkSource(Source):
             self.address += ":18000"
         self.streams = parse_streams(streams)
         if not self.streams:
-            raise RealtimeError("SeedLink needs --streams, e.g. CX.PB01..HH?")
+            raise RealtimeError("SeedLink needs --stations (e.g. CX.PB01) or streams (e.g. CX.PB01..HH?)")
         self.netto, self.keepalive = netto, keepalive
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.statefile = statefile
         self.connect_attempts = 0
+        self.records_this_connection = 0
+        self.closed_cleanly = False  # the last connection was closed by the server (FIN)
         self.bad_records = 0
         self.failures: list[tuple[float, str]] = []  # (wall time, reason) of failed attempts
         self._client = None
@@ -221,6 +244,32 @@ class SeedLinkSource(Source):
         logger.warning("SeedLink %s: %s; next attempt in %.1f s", self.address, message, delay)
         conn.disconnect()
         self._stop.wait(delay)
+
+    def _connection_ended(self, conn, exc: ConnectionEnded) -> bool:
+        """A streaming connection ended; True when that is the end of the data.
+
+        A close (FIN) cannot tell the end of the server's data from a restart, so the client
+        reconnects once, asking for the records after the last ones it got: a server that then
+        closes again without sending any record has no more data for these streams, the normal
+        end of the stream (INFO). A reset or read error is a drop (WARNING) and is resumed.
+        """
+        resume = ", ".join(f"{s.net}.{s.station} after #{s.seqnum}" for s in conn.streams)
+        if exc.clean and self.closed_cleanly and self.records_this_connection == 0:
+            logger.info("SeedLink %s: the server has no records after the last ones received (%s) "
+                        "and closed the connection: end of the stream", self.address, resume)
+            self.ended_normally = True
+            return True
+        if exc.clean:
+            logger.info("SeedLink %s: the server closed the connection after %d record(s) (the end of "
+                        "its data, or a restart); reconnecting to resume %s", self.address,
+                        self.records_this_connection, resume)
+        else:
+            logger.warning("SeedLink %s: %s after %d record(s); reconnecting to resume %s", self.address,
+                           exc, self.records_this_connection, resume)
+        self.closed_cleanly = exc.clean
+        conn.disconnect()
+        self._stop.wait(self.backoff_initial)
+        return False
 
     def run(self, deliver: Callable[[obspy.Trace], None]) -> None:
         from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
@@ -245,6 +294,12 @@ class SeedLinkSource(Source):
                         conn.set_state_file(self.statefile)
                     selected = True
                 packet = conn.collect()
+            except ConnectionEnded as exc:
+                if self._stop.is_set():
+                    break
+                if self._connection_ended(conn, exc):
+                    break
+                continue
             except (SeedLinkException, OSError) as exc:
                 if self._stop.is_set():
                     break
@@ -272,6 +327,8 @@ class SeedLinkSource(Source):
                 logger.warning("SeedLink %s: undecodable record skipped (%s)", self.address, exc)
                 continue
             failures = 0
+            self.records_this_connection += 1
+            self.closed_cleanly = False
             deliver(trace)
         try:
             conn.close()

@@ -49,6 +49,8 @@ def normalized_forward(model, x):
 def picker_loss(model, x, y, loss_weights=LOSS_WEIGHTS, pos_weight: float = 0.0):
     """Weighted masked BCE over (detection, P, S); returns (total, [per-output])."""
     outputs, logits = normalized_forward(model, x)
+    if len(outputs) == 1:  # a detector (detection output only): the detection target alone, weight 1
+        loss_weights = (1.0,)
     # The detection box covers a large share of the window: only the pick heads need pos_weight.
     parts = [masked_bce(out, y[:, i], logits, pos_weight if i else 0.0) for i, out in enumerate(outputs[:3])]
     total = sum(w * p for w, p in zip(loss_weights, parts))

@@ -122,6 +122,7 @@ TRAIN_DEFAULTS: dict = {
     "cache_dir": "local/teacher_cache",
     "teacher_grid_shifts": (0,),
     "teacher_grid_rule": "average",
+    "mask_ps_conflicts": False,
     "physical_augmentations": False,
     "out": "local/runs/train",
     "batch_size": 16,
@@ -143,6 +144,7 @@ TRAIN_DEFAULTS: dict = {
     "init": None,
     "save_weights": None,
     "weights_name": "default",
+    "tree_windows": 10000,
 }
 
 
@@ -164,6 +166,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
     from seisbench.util import worker_seeding
     from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
+    from ..baselines import BASELINES, is_detector
     from ..models import MODELS
     from .augmentations import PICK_SIGMA, augmentation_pipeline, phase_columns
     from .datasets import load_waveform_dataset, supervised_splits
@@ -183,8 +186,11 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
         command = "seisbench_feq.training.train(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model not in MODELS:
-        raise ValueError(f"--model {args.model}: expected one of {sorted(MODELS)}")
+    trainable = {**MODELS, **BASELINES}
+    if args.model not in trainable:
+        raise ValueError(f"--model {args.model}: expected one of {sorted(trainable)}")
+    if args.model == "decision-tree" and args.init:
+        raise ValueError("--init: the decision tree is fitted from scratch (no warm start)")
     if not args.distill and not args.dataset:
         raise ValueError("give --dataset (stead or a SeisBench dataset folder) or --distill")
     L.seed_everything(args.seed, workers=True)
@@ -192,7 +198,8 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    model = MODELS[args.model](in_samples=args.in_samples, highpass=args.highpass or None)
+    model = trainable[args.model](in_samples=args.in_samples, highpass=args.highpass or None)
+    detector = is_detector(model)  # detection output only: trains the detection target alone
     init_info = warm_start(model, args.init) if args.init else None
 
     data_info: dict = {}
@@ -209,6 +216,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             teacher_targets=args.teacher_targets,
             grid_shifts=args.teacher_grid_shifts,
             grid_rule=args.teacher_grid_rule,
+            mask_conflicts=args.mask_ps_conflicts,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
         train_gen = sbg.GenericGenerator(train_source)
@@ -218,7 +226,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                 analyst_weight=args.analyst_weight, physical_augmentations=args.physical_augmentations,
             )
         )
-        if data_info.get("ncedc_val_files"):
+        if data_info.get("ncedc_val_files") and not detector:  # the pick-F1 callback needs picks
             val_windows = validation_pick_windows(args.ncedc_root, data_info["ncedc_val_files"])
         val_gen = sbg.GenericGenerator(val_source)
         val_gen.add_augmentations(
@@ -243,6 +251,16 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             "phase_columns": phase_dict,
         }
     logger.info("training data: %s", json.dumps(data_info, default=str))
+    if args.model == "decision-tree":
+        from .trees import fit_decision_tree
+
+        n_windows = args.max_steps * args.batch_size if args.max_steps else args.tree_windows
+        tree_sampler = (
+            WeightedRandomSampler(weights, num_samples=n_windows) if args.distill
+            else RandomSampler(train_gen, replacement=True, num_samples=n_windows)
+        )  # fmt: skip
+        return fit_decision_tree(model, train_gen, tree_sampler, val_gen, args=args, data_info=data_info, out=out,
+                                 command=command, started=started, git=_git_describe())  # fmt: skip
 
     loader_kwargs = dict(batch_size=args.batch_size, num_workers=args.num_workers, worker_init_fn=worker_seeding)
     train_loader = DataLoader(train_gen, sampler=sampler, **loader_kwargs)
@@ -339,12 +357,15 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     "teacher_targets": args.teacher_targets if args.distill else None,
                     "teacher_grid_shifts": list(args.teacher_grid_shifts) if args.distill else None,
                     **({"teacher_grid_rule": args.teacher_grid_rule} if args.teacher_grid_rule != "average" else {}),
+                    **({"mask_ps_conflicts": True} if args.mask_ps_conflicts else {}),
                     "physical_augmentations": bool(args.physical_augmentations),
                 },
                 **summary,
             },
             "data": data_info,
         }
+        if args.model in BASELINES:  # the class is not told apart by its model args alone
+            metadata["model_class"] = type(model).__name__
         if args.init:
             metadata["history"] = init_history(args.init)
         docstring = (
