@@ -39,9 +39,9 @@ def plot(scores: pd.DataFrame, path: str) -> None:
                 ax.annotate(str(model).replace(" (default)", ""), (xv, min(values)), textcoords="offset points",
                             xytext=(4, -11 if k % 2 else 5), fontsize=7)
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: (f"{v / 1000:g}k" if v >= 1000 else f"{v:g}")))
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("F1 on the held-out NCEDC stations")

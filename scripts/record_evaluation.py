@@ -30,6 +30,7 @@ def _row(frame: pd.DataFrame, label: str) -> dict | None:
         return None
     clean = {}
     for key, value in rows.iloc[0].items():
+        value = value.item() if hasattr(value, "item") else value  # NumPy scalars -> Python
         if isinstance(value, float) and math.isnan(value):
             continue
         clean[key] = round(value, 4) if isinstance(value, float) else value

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
+from seisbench.models import WaveformModel
+
 from ..models.hooks import PickerHooks
 
 WEIGHTS_PACKAGE = "seisbench_feq"
@@ -78,3 +80,25 @@ class BaselineHooks(PickerHooks):
                 f" or load other weights as {cls.weights_name}:PREFIX"
             )
         return cls.load(cls._model_path() / name, version_str="1", map_location="cpu", **kwargs)
+
+
+class WindowDetector(BaselineHooks, WaveformModel):
+    """A detection-only baseline: one ``Detection`` output per sample, no phases (no picks)."""
+
+    @property
+    def phases(self) -> str:
+        return ""
+
+    def __init__(self, citation: str, in_channels: int = 3, in_samples: int = 6000, sampling_rate: float = 100,
+                 norm: str = "std", highpass: float | None = None, **kwargs):  # fmt: skip
+        check_norm(norm)
+        check_highpass(highpass, sampling_rate)
+        for key in ("labels", "phases"):  # fixed by the design; older jsons may carry them
+            kwargs.pop(key, None)
+        super().__init__(
+            citation=citation, output_type="array", in_samples=in_samples, pred_sample=(0, in_samples),
+            labels=["Detection"], sampling_rate=sampling_rate, component_order="ZNE", **kwargs,
+        )  # fmt: skip
+        self.in_channels = in_channels
+        self.norm = norm
+        self.highpass = highpass

@@ -12,12 +12,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from seisbench.models import WaveformModel
 
-from .common import BaselineHooks, check_highpass, check_norm
+from .common import WindowDetector
 
 
-class SimpleCNN(BaselineHooks, WaveformModel):
+class SimpleCNN(WindowDetector):
     """The published simple CNN: one value per time step (no Flatten).
 
     ==========================  ===================  ===========
@@ -43,17 +42,10 @@ class SimpleCNN(BaselineHooks, WaveformModel):
 
     def __init__(self, in_channels: int = 3, in_samples: int = 6000, sampling_rate: float = 100, norm: str = "std",
                  drop_rate: float = 0.5, highpass: float | None = None, **kwargs):  # fmt: skip
-        check_norm(norm)
-        check_highpass(highpass, sampling_rate)
-        for key in ("labels", "phases"):
-            kwargs.pop(key, None)
         super().__init__(
-            citation="Simple CNN window detector (Conv1D 64/2, Dense 16, MaxPool, Dense 128, Dropout, Dense 1)",
-            output_type="array", in_samples=in_samples, pred_sample=(0, in_samples), labels=["Detection"],
-            sampling_rate=sampling_rate, component_order="ZNE", **kwargs,
+            "Simple CNN window detector (Conv1D 64/2, Dense 16, MaxPool, Dense 128, Dropout, Dense 1)",
+            in_channels, in_samples, sampling_rate, norm, highpass, **kwargs,
         )  # fmt: skip
-        self.in_channels = in_channels
-        self.norm = norm
         self.drop_rate = drop_rate
         self.highpass = highpass
         flat = in_channels * in_samples
@@ -63,10 +55,6 @@ class SimpleCNN(BaselineHooks, WaveformModel):
         self.dropout = nn.Dropout(drop_rate)
         self.steps = (flat - 1) // 2  # after MaxPooling1D(2), "valid"
         self.head = nn.Linear(128 * self.steps if self.flatten else 128, 1)
-
-    @property
-    def phases(self) -> str:
-        return ""  # a detector: no picks
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, channels, samples) -> (batch, steps, 128), the layers before the last Dense."""

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from seisbench.models import WaveformModel
 
-from .common import BaselineHooks, check_highpass, check_norm
+from .common import WindowDetector
 
 FEATURE_NAMES = tuple(
     f"{component}_{name}"
@@ -59,7 +58,7 @@ def window_features(windows: np.ndarray, sampling_rate: float = 100.0) -> np.nda
     return features.reshape(n, -1).astype(np.float32)
 
 
-class DecisionTreeDetector(BaselineHooks, WaveformModel):
+class DecisionTreeDetector(WindowDetector):
     """Earthquake-vs-noise tree on windows; its probability is given to every sample of the window.
 
     A ``WaveformModel`` without torch parameters: ``annotate``/``classify`` stack the window
@@ -73,18 +72,10 @@ class DecisionTreeDetector(BaselineHooks, WaveformModel):
 
     def __init__(self, in_channels: int = 3, in_samples: int = 6000, sampling_rate: float = 100, norm: str = "std",
                  highpass: float | None = None, max_depth: int = MAX_DEPTH, **kwargs):  # fmt: skip
-        check_norm(norm)
-        check_highpass(highpass, sampling_rate)
-        for key in ("labels", "phases"):
-            kwargs.pop(key, None)
         super().__init__(
-            citation="Decision tree (scikit-learn, max_depth=10) on window summary features",
-            output_type="array", in_samples=in_samples, pred_sample=(0, in_samples), labels=["Detection"],
-            sampling_rate=sampling_rate, component_order="ZNE", **kwargs,
+            "Decision tree (scikit-learn, max_depth=10) on window summary features",
+            in_channels, in_samples, sampling_rate, norm, highpass, **kwargs,
         )  # fmt: skip
-        self.in_channels = in_channels
-        self.norm = norm
-        self.highpass = highpass
         self.max_depth = max_depth
         self.tree = None
         self.metadata: dict[str, Any] = {}
@@ -100,10 +91,6 @@ class DecisionTreeDetector(BaselineHooks, WaveformModel):
         self.tree = tree
         digest = hashlib.sha256(sio.dumps(tree)).digest()
         self.tree_digest = torch.frombuffer(bytearray(digest), dtype=torch.uint8).clone()
-
-    @property
-    def phases(self) -> str:
-        return ""
 
     def _event_probability(self, features: np.ndarray) -> np.ndarray:
         if self.tree is None:
