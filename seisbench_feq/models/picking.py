@@ -308,10 +308,14 @@ def resolve_ps_conflicts(picks, min_separation_s: float, phases: str = "PS"):
     for index, pick in enumerate(picks):
         by_station.setdefault(pick.trace_id, []).append((index, pick))
     for members in by_station.values():
-        p_picks = [(i, p) for i, p in members if p.phase == p_phase]
+        p_picks = sorted(((float(p.peak_time.timestamp), i, p) for i, p in members if p.phase == p_phase),
+                         key=lambda item: item[0])
+        p_times = np.array([t for t, _, _ in p_picks])
         for j, s in ((j, s) for j, s in members if s.phase == s_phase):
-            for i, p in p_picks:
-                if abs(float(s.peak_time - p.peak_time)) < min_separation_s:
+            t = float(s.peak_time.timestamp)
+            lo, hi = np.searchsorted(p_times, [t - min_separation_s, t + min_separation_s])
+            for p_time, i, p in p_picks[lo:hi]:  # a station-day holds thousands of picks: no P x S loop
+                if abs(t - p_time) < min_separation_s:
                     dropped.add(j if (p.peak_value or 0.0) >= (s.peak_value or 0.0) else i)
     return sbu.PickList(sorted(p for k, p in enumerate(picks) if k not in dropped))
 
