@@ -153,6 +153,9 @@ def _run_on_dask(todo, unit_source, model, settings, out, workers, scheduler, fi
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
         client = Client(cluster)
+        # The cluster may return before every worker process has registered; warming up (and
+        # then scheduling on) only those present left the others idle for the whole job.
+        client.wait_for_workers(workers, timeout=300)
     logger.info("Dask: %s, %d worker thread(s), %d torch thread(s) per task",
                 getattr(client.scheduler, "address", scheduler), sum(client.nthreads().values()),
                 settings.torch_threads or 1)
