@@ -21,6 +21,19 @@ see the same load on the (shared) machine.
 
     python benchmarks/bench_realtime.py --threads 2 --stations 8 --minutes 5
 
+``--cpu-per-window`` measures instead the CPU time (``time.process_time``, all threads of this
+process) per model window of the real-time picker against ``classify`` on the same stream, FEQ3
+only, interleaved round by round in this one process (so both see the same load):
+real time = feed + ``process_pending`` + flush of every record; classify = ``model.classify`` of
+the whole stream; per window = divided by the windows of classify's grid on that stream. The
+picker calls ``process_pending`` after every record (``--tick 0``: each station's window as soon
+as it completes, so about one station per model call) or once per ``--tick`` seconds of data
+(stations that complete a window within a tick share one batch, as ``batch_wait`` does in
+``RealtimePicker.run``). The ``annotate`` path of earlier versions (``direct=False``) is measured
+alongside as the "before":
+
+    python benchmarks/bench_realtime.py --cpu-per-window --threads 1 --stations 8 --minutes 5 --tick 5
+
 The machine is shared with other users: model times include their load (the load average is printed).
 """
 
@@ -141,14 +154,98 @@ def serve(calls: list, picks: list, data_start: float, data_end: float, window: 
     return out
 
 
+def classify_windows(stream: obspy.Stream, model) -> int:
+    """Windows ``classify`` runs on ``stream`` (each station's continuous segment, its grid)."""
+    from seisbench_feq.models.annotate import window_starts, window_step
+
+    step = window_step(model)
+    total = 0
+    for trace in stream.copy().merge(-1).select(component="Z"):
+        for part in trace.split() if np.ma.isMaskedArray(trace.data) else [trace]:
+            total += len(window_starts(part.stats.npts, model.in_samples, step))
+    return total
+
+
+def cpu_per_window(args) -> int:
+    """Real-time CPU per window against classify's, interleaved in this process (see the docstring)."""
+    import torch
+
+    from seisbench_feq import FEQ3
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = (FEQ3.from_pretrained("default") if "default" in FEQ3.list_pretrained() else FEQ3()).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = replicated_archive(Path(tmp), args.stations, args.minutes)
+        records = list(ReplaySource(archive, speed=0).records())
+    stream = obspy.Stream([record.copy() for record in records])
+    windows = classify_windows(stream, model)
+
+    def realtime(direct: bool) -> tuple[float, RealtimePicker]:
+        picker = RealtimePicker(model, direct=direct)
+        copies = [record.copy() for record in records]  # feed takes its record over
+        started = time.process_time()
+        last = None
+        for trace in copies:
+            picker.feed(trace)
+            data_time = trace.stats.endtime.timestamp
+            if last is None or data_time - last >= args.tick:
+                picker.process_pending()
+                last = data_time
+        picker.flush()
+        return time.process_time() - started, picker
+
+    def classify() -> float:
+        data = stream.copy()
+        started = time.process_time()
+        model.classify(data)
+        return time.process_time() - started
+
+    classify()  # warm-up: first calls build caches
+    realtime(True)
+    totals = {"realtime": 0.0, "classify": 0.0, "before": 0.0}
+    stats = {}
+    for round_ in range(args.rounds):
+        load = os.getloadavg()
+        cpu, picker = realtime(True)
+        totals["realtime"] += cpu
+        stats = picker.stats
+        totals["classify"] += classify()
+        if not args.skip_before:
+            totals["before"] += realtime(False)[0]
+        print(f"round {round_ + 1}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    per = {k: v / args.rounds / windows * 1e3 for k, v in totals.items()}
+    load = os.getloadavg()
+    print(f"FEQ3, torch threads {args.threads}, {args.stations} stations x {args.minutes:g} min, {windows} windows"
+          f" on classify's grid, process_pending every {'record' if not args.tick else f'{args.tick:g} s of data'};"
+          f" {args.rounds} round(s); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"real time: {stats['windows_run']} windows run, {stats['model_calls']} model calls"
+          f" ({stats['windows_run'] / max(stats['model_calls'], 1):.1f} windows per call)")
+    print(f"CPU per window: realtime {per['realtime']:.2f} ms, classify {per['classify']:.2f} ms,"
+          f" ratio {per['realtime'] / per['classify']:.2f}")
+    if not args.skip_before:
+        print(f"CPU per window before (annotate per call, direct=False): {per['before']:.2f} ms,"
+              f" ratio {per['before'] / per['classify']:.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stations", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=5)
+    parser.add_argument("--cpu-per-window", action="store_true",
+                        help="CPU per window of real time against classify (FEQ3), interleaved")
+    parser.add_argument("--tick", type=float, default=0.0,
+                        help="--cpu-per-window: process_pending every TICK s of data (0: every record)")
+    parser.add_argument("--rounds", type=int, default=2, help="--cpu-per-window: interleaved rounds")
+    parser.add_argument("--skip-before", action="store_true",
+                        help="--cpu-per-window: do not measure the annotate path (direct=False)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("seisbench").setLevel(logging.ERROR)
+    if args.cpu_per_window:
+        return cpu_per_window(args)
     import seisbench.models as sbm
     import torch
 

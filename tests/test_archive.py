@@ -653,8 +653,13 @@ def test_pick_table_columns_quakeflow_format_and_defaults(tmp_path, picker):
     assert picks.snr.notna().all()
     assert set(picks.polarity) <= {"U", "D", ""}
     assert len(head) - 1 == len(picks)
-    # defaults never oversubscribe: 2 cores -> in-process, 1 thread; OMP_NUM_THREADS respected
+    # defaults never oversubscribe: on 2 cores one worker per core once there is a station-day of
+    # work per worker, in-process below that; OMP_NUM_THREADS respected
     assert archive.choose_parallelism(None, None, None, cores=2, omp="") == (0, 1)
+    assert archive.choose_parallelism(None, None, None, cores=2, omp="", station_days=8) == (2, 1)
+    assert archive.choose_parallelism(None, None, None, cores=2, omp="", station_days=1.5) == (0, 1)
+    assert archive.choose_parallelism(None, None, None, cores=8, omp="", station_days=3.2) == (3, 1)
+    assert archive.choose_parallelism(None, None, None, cores=2, omp="2", station_days=8) == (0, 2)
     assert archive.choose_parallelism(None, None, None, cores=8, omp="") == (8, 1)
     assert archive.choose_parallelism(None, None, None, cores=8, omp="4") == (2, 4)
     assert archive.choose_parallelism(2, None, None, cores=8, omp="") == (2, 4)

@@ -555,3 +555,93 @@ def test_cli_grammar_and_the_dropped_quakeml_output(tmp_path):
     with pytest.warns(DeprecationWarning, match="associate"):
         picker = RealtimePicker(FEQ3(), quakeml_dir=tmp_path / "events")
     assert picker.quakeml_dir is None
+
+
+# ---- the direct path: windows as arrays, each run once, stacked like annotate ---------------
+
+
+@pytest.fixture(scope="module")
+def direct_run(fast_model):
+    """Both stations, 5 min of real data driven record by record on the direct path, with every
+    window run and every block of final annotations recorded."""
+    import seisbench_feq.realtime.picker as picker_module
+    from seisbench_feq.realtime import finality
+
+    records = _records(T0, 5 * 60, STREAMS)
+    runs, blocks = [], {}
+    run_windows, append_blocks = picker_module.direct_path.run_windows, finality.append_blocks
+
+    def recording_run(model, jobs, *args, **kwargs):
+        runs.extend((job.station.key, start) for job in jobs for start in job.starts)
+        return run_windows(model, jobs, *args, **kwargs)
+
+    def recording_append(station, new, b):
+        for name, values in new.items():
+            blocks.setdefault((station.key, name), []).append((station.time(station.final_end), values[: b - station.final_end].copy()))
+        append_blocks(station, new, b)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(picker_module.direct_path, "run_windows", recording_run)
+    mp.setattr(finality, "append_blocks", recording_append)
+    try:
+        picker = _drive(fast_model, records)
+    finally:
+        mp.undo()
+    return records, picker, runs, blocks
+
+
+def test_direct_path_runs_each_window_of_classifys_grid_once(fast_model, direct_run):
+    from seisbench_feq.models.annotate import window_starts, window_step
+
+    records, picker, runs, _ = direct_run
+    assert picker.stats["windows_annotated"] == 0  # no annotate call
+    assert len(runs) == len(set(runs)), "a window ran twice"
+    assert picker.stats["windows_run"] == len(runs)
+    step = window_step(fast_model)
+    for trace in obspy.Stream([r.copy() for r in records]).merge(-1).select(component="Z"):
+        key = f"{trace.stats.network}.{trace.stats.station}.{trace.stats.location}"
+        station = picker._stations[key]
+        first = station.index(min(tr.stats.starttime for tr in records if tr.id.startswith(key)))
+        last = station.index(max(tr.stats.endtime for tr in records if tr.id.startswith(key))) + 1
+        grid = {first + int(s) for s in window_starts(last - first, fast_model.in_samples, step)}
+        assert {s for k, s in runs if k == key} == grid
+
+
+def test_direct_path_annotations_and_picks_equal_classify(fast_model, direct_run):
+    """Equal except in the last window of the stream, where classify adds a window aligned to its
+    end that real time cannot know of before the end (the documented difference)."""
+    records, picker, _, blocks = direct_run
+    stream = obspy.Stream([r.copy() for r in records])
+    annotations = fast_model.annotate(stream.copy())
+    window = fast_model.in_samples / fast_model.sampling_rate
+    last_window = min(tr.stats.endtime for tr in stream.copy().merge(-1)) - window  # the end window's start
+    compared = 0
+    for (key, name), parts in blocks.items():
+        trace = annotations.select(id=f"{key}.{name}")[0]
+        for t0, values in parts:
+            offset = int(round((t0 - trace.stats.starttime) * trace.stats.sampling_rate))
+            inside = np.arange(len(values)) + offset
+            ok = (inside >= 0) & (inside < trace.stats.npts)
+            early = t0.timestamp + np.arange(len(values)) / trace.stats.sampling_rate < last_window.timestamp
+            values = np.where(early, values, np.nan).astype(np.float32)
+            ok &= early
+            expected = np.full(len(values), np.nan, np.float32)
+            expected[ok] = trace.data[inside[ok]]
+            np.testing.assert_allclose(values, expected, atol=1e-4, equal_nan=True)
+            compared += int(np.isfinite(values).sum())
+    assert compared > 2 * 3 * 3 * 6000  # both stations, three labels, most of the 5 minutes
+    reference = fast_model.classify(stream.copy()).picks
+    assert len(reference) >= 3
+    got = sorted([p for p in picker.picks if p.end_time < last_window], key=lambda p: (p.trace_id, p.phase, p.time))
+    ref = sorted([p for p in reference if p.end_time < last_window], key=lambda p: (p.trace_id, p.phase, p.peak_time))
+    assert [(p.trace_id, p.phase) for p in got] == [(p.trace_id, p.phase) for p in ref]
+    assert all(abs(g.time - r.peak_time) <= 0.01 for g, r in zip(got, ref))
+    _assert_once(picker.picks)
+
+
+@pytest.mark.timeout(600)
+def test_direct_path_gives_the_picks_of_the_annotate_path(fast_model, direct_run):
+    records, picker, _, _ = direct_run
+    reference = _drive(fast_model, records, direct=False)
+    assert reference.stats["windows_run"] == 0 and reference.stats["windows_annotated"] > 0
+    assert _keys(picker.picks) == _keys(reference.picks)

@@ -388,6 +388,25 @@ def test_train_takes_keyword_arguments_only_from_its_defaults(tmp_path):
     with pytest.raises(ValueError, match="--dataset"):
         train(out=str(tmp_path / "run"))  # neither a dataset nor distillation
     assert TRAIN_DEFAULTS["teacher_grid_shifts"] == (0,) and TRAIN_DEFAULTS["select_on"] == "loss"
+    with pytest.raises(ValueError, match="noise_rate"):
+        train(dataset="stead", noise_rate=1.5, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="pick_sigma"):
+        train(dataset="stead", pick_sigma=0, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="select_on='score' needs distill"):
+        train(dataset="stead", select_on="score", out=str(tmp_path / "run"))
+
+
+def test_pick_sigma_sets_the_label_width():
+    from seisbench_feq.training import AnalystTargets
+
+    widths = []
+    for sigma in (5, 10):
+        state = {"X": (np.zeros((3, 1000)), {"trace_p_arrival_sample": 300, "trace_s_arrival_sample": 600})}
+        AnalystTargets({"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}, sigma=sigma)(state)
+        p = state["analyst"][0][1]
+        assert p.argmax() == 300 and p.max() == pytest.approx(1.0)
+        widths.append(int((p > 0.5).sum()))
+    assert widths[0] < widths[1] and abs(widths[1] - 2 * widths[0]) <= 2
 
 
 class _GridLockedTeacher:
@@ -460,3 +479,41 @@ def test_teacher_ps_conflicts_become_unknown():
     np.testing.assert_array_equal(masked[0], targets[0])  # detection untouched
     np.testing.assert_array_equal(masked[1:, :1900], targets[1:, :1900])
     assert mask_ps_conflicts(targets[:, :1800])[1] == 0
+
+
+@pytest.mark.timeout(600)
+def test_continuous_validation_tail_reference_and_agreement(tmp_path):
+    """The continuous validation tail is the part training never sees, its reference is cached as
+    CSV (never pickled) and re-read identically, and the agreement score is 1 against the model's
+    own picks and 0 against picks 2 s away."""
+    import obspy
+
+    from seisbench_feq.loading import load_model
+    from seisbench_feq.training import VAL_FRACTION, ContinuousValidation, continuous_validation
+
+    stream = obspy.read(str(shared_path("data", "cx_continuous", "CX_20140401", "CX.PB01..HH.mseed")))
+    t0 = stream[0].stats.starttime
+    cx = tmp_path / "cx"
+    cx.mkdir()
+    stream.slice(t0, t0 + 1200).write(str(cx / "CX.PB01.mseed"), format="MSEED")
+    cache = tmp_path / "cache"
+    tail = continuous_validation(cx, "random-eqtransformer", cache_dir=cache, shifts=2)
+    (name, st), = tail.streams.items()
+    assert st[0].stats.npts == pytest.approx(120001 * VAL_FRACTION, abs=2)
+    assert abs(st[0].stats.starttime - (t0 + 1200 * (1 - VAL_FRACTION))) < 0.02
+    (csv,) = cache.glob("continuous_validation_reference_*.csv")
+    again = continuous_validation(cx, "random-eqtransformer", cache_dir=cache, shifts=2)
+    assert list(cache.iterdir()) == [csv]
+    assert again.reference[["trace_id", "phase"]].equals(tail.reference[["trace_id", "phase"]])
+    assert [abs(a - b) < 1e-5 for a, b in zip(again.reference["time"], tail.reference["time"])] == [True] * len(tail.reference)
+
+    feq3 = load_model("feq3")
+    whole = {"hour": stream.slice(t0, t0 + 1200)}
+    from seisbench_feq.evaluation import continuous
+
+    own = continuous.classify_picks(feq3, whole["hour"], "reference", "hour")
+    assert set(own["phase"]) == {"P", "S"}
+    assert ContinuousValidation(whole, own).score(feq3)["continuous_mean_f1"] == 1.0
+    moved = own.assign(time=[t + 2.0 for t in own["time"]])
+    score = ContinuousValidation(whole, moved).score(feq3)
+    assert score["continuous_mean_f1"] == 0.0 and score["cont_P_matched"] == 0.0

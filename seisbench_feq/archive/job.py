@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from obspy import UTCDateTime
+
 from ..io.sources import SourceError, open_source, station_matches
 from .manifest import JobLock, Manifest, check_run_file, remove_stale_temporaries
 from .plan import (DEFAULT_CHANNEL_PRIORITY, ArchiveError, PickSettings, border_geometry,
@@ -112,7 +114,9 @@ def pick_archive(
         (:func:`seisbench_feq.plotting.plot_detection`) of up to this many detections per work
         unit into ``out/figures/``; each costs one ``annotate`` of the detection +- one window.
     :param workers: Dask ``LocalCluster`` worker processes; ``0`` runs in this process; None
-        chooses from the cores (in-process on <= 2 cores).
+        chooses from the cores and the job's size: one worker per core, each with one torch
+        thread, when the units to run hold a station-day per worker, else in-process
+        (:func:`seisbench_feq.archive.runner.choose_parallelism`).
     :param scheduler: address of an existing Dask scheduler (overrides ``workers``).
     :param torch_threads: torch threads per unit (default: ``OMP_NUM_THREADS``, else 1 with the
         default workers, else cores // workers).
@@ -188,14 +192,6 @@ def _pick_locked(archive, out, model, weights, t_start, t_end, stations, channel
     if t_end <= t_start:
         raise ArchiveError(f"end {t_end} is not after start {t_start}")
 
-    workers, threads = choose_parallelism(workers, torch_threads, scheduler)
-    settings = PickSettings(
-        chunk_s=chunk_s, classify_span_s=span_s, pad_s=pad_s, grid_step_s=step_s,
-        window_s=window_s, blinding_s=blinding_s, channel_priority=channel_priority,
-        classify_kwargs=classify_kwargs, output_format=output_format, detections=detections,
-        model_name=model_name, weights=label, torch_threads=threads, polarity=polarity,
-        uncertainty_samples=uncertainty_samples, plot_detections=plot_detections,
-    )
     run = {
         "archive": source.describe(), "model": model_name, "weights": label,
         "weights_fingerprint": weights_fingerprint(model), "chunk_s": chunk_s,
@@ -215,6 +211,15 @@ def _pick_locked(archive, out, model, weights, t_start, t_end, stations, channel
     units, without_data = plan_units(selected, t_start, t_end, chunk_s,
                                      {s: source.coverage(s) for s in selected}, blinding_s)
     todo = [u for u in units if not manifest.finished(u.key)]
+    station_days = sum(UTCDateTime(u.end) - UTCDateTime(u.start) for u in todo) / 86400
+    workers, threads = choose_parallelism(workers, torch_threads, scheduler, station_days=station_days)
+    settings = PickSettings(
+        chunk_s=chunk_s, classify_span_s=span_s, pad_s=pad_s, grid_step_s=step_s,
+        window_s=window_s, blinding_s=blinding_s, channel_priority=channel_priority,
+        classify_kwargs=classify_kwargs, output_format=output_format, detections=detections,
+        model_name=model_name, weights=label, torch_threads=threads, polarity=polarity,
+        uncertainty_samples=uncertainty_samples, plot_detections=plot_detections,
+    )
     logger.info("%s: %d stations, %s - %s, %d units (%d already finished), model %s weights %s, "
                 "%s, %d torch thread(s) per unit", source.describe(), len(selected), iso(t_start),
                 iso(t_end), len(units), len(units) - len(todo), model_name, label,

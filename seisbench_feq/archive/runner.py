@@ -16,15 +16,23 @@ from .unit import process_unit
 logger = logging.getLogger("seisbench_feq.archive")
 
 
+#: Station-days of work per worker below which a job stays in-process: a LocalCluster takes about
+#: 8 s to start and stop on 2 cores, about a third of FEQ3's picking time of one station-day.
+MIN_STATION_DAYS_PER_WORKER = 1.0
+
+
 def choose_parallelism(workers: int | None, torch_threads: int | None, scheduler: str | None,
-                       cores: int | None = None, omp: str | None = None) -> tuple[int, int]:
+                       cores: int | None = None, omp: str | None = None,
+                       station_days: float | None = None) -> tuple[int, int]:
     """``(workers, torch threads per unit)`` with workers x threads <= cores.
 
-    Defaults, by reasoning from measurements on a 2-core machine (not re-measured here): the
-    narrow layers of these models gain little from a second intra-op thread, and a Dask worker
-    next to the driver was slower than picking in-process there. So on <= 2 cores a job runs
-    in-process with one torch thread; on more cores it starts one worker process per core, each
-    with one thread. ``OMP_NUM_THREADS`` sets the threads per unit when given.
+    Defaults, measured on an idle 2-core machine (``benchmarks/bench_archive.py``, FEQ3, 8
+    station-days in 16 units): in-process with one torch thread 181.8 s, one Dask worker 218.2 s,
+    two workers with one thread each 121.6 s (cluster start and stop included). So a job starts
+    one worker process per core, each with one torch thread, when it has at least
+    ``MIN_STATION_DAYS_PER_WORKER`` of data per worker (``station_days``, the units to run);
+    smaller jobs, and jobs whose size is not given on <= 2 cores, run in-process.
+    ``OMP_NUM_THREADS`` sets the threads per unit when given.
     """
     cores = max(1, cores or os.cpu_count() or 1)
     omp = os.environ.get("OMP_NUM_THREADS") if omp is None else omp
@@ -36,8 +44,12 @@ def choose_parallelism(workers: int | None, torch_threads: int | None, scheduler
         return workers or 0, torch_threads or omp_threads or 1
     threads = min(torch_threads or omp_threads or 1, cores)
     if workers is None:
-        workers = 0 if cores <= 2 else max(1, cores // threads)
-        if workers == 1:
+        workers = max(1, cores // threads)
+        if station_days is not None:
+            workers = min(workers, int(station_days / MIN_STATION_DAYS_PER_WORKER))
+        elif cores <= 2:
+            workers = 0
+        if workers <= 1:
             workers = 0  # one worker process gains nothing over picking in-process
     elif workers >= 1 and torch_threads is None and omp_threads is None:
         threads = max(1, cores // workers)

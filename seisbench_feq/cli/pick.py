@@ -105,8 +105,9 @@ def add_parser(subparsers) -> None:
                         help="write the figure of up to N detections per work unit into "
                              "OUT/figures/ (waveforms 1-45 Hz, probabilities, picks) (default 0)")
     parser.add_argument("--workers", type=non_negative_int,
-                        help="Dask LocalCluster worker processes; 0 runs in-process (default: "
-                             "in-process on <= 2 cores, else one worker per core)")
+                        help="Dask LocalCluster worker processes; 0 runs in-process (default: one "
+                             "worker per core when the job holds a station-day of data per worker, "
+                             "else in-process)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. "
                                             "tcp://host:8786 (overrides --workers)")
     parser.add_argument("--torch-threads", "--threads", dest="torch_threads", type=positive_int,

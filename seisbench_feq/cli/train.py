@@ -113,6 +113,12 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="also time stretch, polarity flip and rotation of the horizontals",
     )
+    dist.add_argument(
+        "--noise-rate", type=float, default=D["noise_rate"],
+        help="share of training windows with added Gaussian noise (it can bury small labelled events)",
+    )  # fmt: skip
+    dist.add_argument("--pick-sigma", type=int, default=D["pick_sigma"],
+                      help="width of the Gaussian P/S labels in samples (analyst and teacher picks)")
     run = p.add_argument_group("run")
     run.add_argument("--out", default=D["out"], help="checkpoints, CSV logs, summary")
     run.add_argument("--batch-size", type=int, default=D["batch_size"])
@@ -130,9 +136,11 @@ def add_parser(subparsers) -> None:
     run.add_argument("--patience", type=int, default=D["patience"], help="early stopping, in epochs")
     run.add_argument(
         "--select-on",
-        choices=["loss", "f1"],
+        choices=["loss", "f1", "score"],
         default=D["select_on"],
-        help="checkpoint choice: validation loss, or P/S F1 on the NCEDC validation stations",
+        help="checkpoint choice: validation loss; P/S F1 on the NCEDC validation stations; or 'score', "
+        "the mean of that F1 and the agreement with the teacher's grid-free reference on the validation "
+        "tail of the continuous data (--distill with --cx-root)",
     )
     run.add_argument(
         "--plateau-patience", type=int, default=D["plateau_patience"],

@@ -97,9 +97,9 @@ def _picks_frame(picks, model: str, file: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PICK_FRAME_COLUMNS)
 
 
-def classify_picks(model, stream, model_label: str, file: str) -> pd.DataFrame:
-    """The picks of ``model.classify(stream)`` with default settings."""
-    output = model.classify(stream)
+def classify_picks(model, stream, model_label: str, file: str, **classify_kwargs) -> pd.DataFrame:
+    """The picks of ``model.classify(stream, **classify_kwargs)`` (default settings without them)."""
+    output = model.classify(stream, **classify_kwargs)
     picks = getattr(output, "picks", output)
     return _picks_frame(picks, model_label, file)
 

@@ -1,8 +1,10 @@
-"""Real-time picking: SeedLink or file replay -> per-station ring buffers -> ``annotate`` -> picks.
+"""Real-time picking: SeedLink or file replay -> per-station ring buffers -> the model -> picks.
 
-The model runs on the ring buffer through its own ``annotate`` (SeisBench windowing, blinding and
-stacking, with the same defaults as ``classify``), so a real-time run gives the picks that
-``model.classify`` gives on the same continuous data.
+The model runs on windows cut from the ring buffers, each window once, batched over stations,
+through its own window hooks; the outputs are blinded and stacked with SeisBench's own routine
+(the same defaults as ``classify``), so a real-time run gives the picks that ``model.classify``
+gives on the same continuous data. Models or stations where that is not possible (stream-level
+filtering, another sampling rate) go through ``annotate`` on every call.
 
 The stages, one module each:
 
@@ -10,6 +12,7 @@ The stages, one module each:
   and :class:`SeedLinkSource` (ObsPy's SeedLink client, reconnecting with back-off);
 - :mod:`.buffers`: per-channel rings with a bounded reorder buffer for late records, and the
   :class:`~.buffers.Planner` of model windows;
+- :mod:`.direct`: the model on window arrays, each window once, and the stacking;
 - :mod:`.finality`: the final annotation buffer and which picks in it are final;
 - :mod:`.outputs`: the picks CSV (the package's pick table plus latencies), QuakeML, figures;
 - :mod:`.picker`: :class:`RealtimePicker`, which ties them together.
@@ -18,8 +21,9 @@ How it stays equal to ``classify`` (all in samples; ``in``/``overlap``/``blindin
 are the model's annotate arguments, ``stride = in - overlap``):
 
 * Windows lie on the grid ``segment start + k * stride``, as in ``classify``. A call computes the
-  newest complete grid windows plus ``ceil((overlap - pre - post) / stride)`` earlier ones (one with
-  the defaults), so ``annotate``'s max-stacking sees every window that overlaps the new samples.
+  newest complete grid windows; their blinded outputs are kept while they overlap samples that are
+  not final, so the stacking sees every window that overlaps the new samples. (On the ``annotate``
+  path a call re-runs ``ceil((overlap - pre - post) / stride)`` earlier windows instead.)
 * **Annotation finality:** after windows up to offset ``o`` have run, every sample before
   ``o + stride + pre`` is final. Final samples are appended to a per-station annotation buffer and
   never recomputed.

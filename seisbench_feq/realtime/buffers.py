@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -145,9 +146,11 @@ class Job:
     slice_end: int
     new_final: int  # annotation final up to this sample (exclusive) after the call
     flush: bool  # segment ends at slice_end
-    stream: obspy.Stream
+    stream: obspy.Stream | None  # the slice for ``annotate`` (stations not run directly)
     ready_wall: float  # when the data that completes this job had arrived
     grid_start: int  # segment start (window grid anchor)
+    starts: list[int] = field(default_factory=list)  # windows new in this job (their first samples)
+    windows: np.ndarray | None = None  # direct stations: those windows, (n, components, win) float32
 
 
 @dataclass
@@ -179,6 +182,10 @@ class Station:
     last_plot: float = 0.0
     plotted_final: int = -1
     queued: bool = False
+    # direct stations (at the model's rate): windows run on arrays, each once; their outputs are
+    # kept (by first sample) while they still overlap samples that are not final
+    direct: bool = False
+    preds: dict = field(default_factory=dict)  # window start -> (win, labels) float32, blinded
 
     def time(self, index: float) -> UTCDateTime:
         return self.anchor + index / self.sampling_rate
@@ -190,18 +197,21 @@ class Station:
 class Planner:
     """Which windows of a station to run next, on ``classify``'s window grid.
 
-    ``windows_per_call`` whole grid windows per call, plus ``context_windows`` earlier ones so
-    that ``annotate``'s stacking sees every window overlapping the new samples; at the end of a
-    segment (a gap in all components, or the end of the stream) one more window aligned to the
-    segment end, as ``classify`` does. Called under the picker's lock.
+    ``windows_per_call`` whole grid windows per call; at the end of a segment (a gap in all
+    components, or the end of the stream) one more window aligned to the segment end, as
+    ``classify`` does. A direct station (:attr:`Station.direct`) gets only the new windows (their
+    outputs are kept for the stacking); for any other station the slice for ``annotate`` starts
+    ``context_windows`` earlier, so that its stacking sees every window overlapping the new
+    samples. Called under the picker's lock.
     """
 
     def __init__(self, windows_per_call: int, context_windows: int, max_component_lag: float,
-                 expected_components: int):
+                 component_order: str):
         self.windows_per_call = windows_per_call
         self.context_windows = context_windows
         self.max_component_lag = max_component_lag
-        self.expected_components = expected_components
+        self.component_order = component_order
+        self.expected_components = len(component_order)
 
     def ready_index(self, station: Station, final: bool = False) -> int:
         """Sample index up to which every live component has arrived (or is given up on)."""
@@ -238,6 +248,7 @@ class Planner:
                 station.final_end = start + station.pre
                 station.scan_pos = start
                 station.ann, station.ann_start = {}, None
+                station.preds = {}
             gap = self._first_all_missing(station, station.scan_pos, ready)
             station.gap_pending = False
             if gap is None:
@@ -251,9 +262,14 @@ class Planner:
                 job = None
                 if seg_len >= station.win:
                     last_grid = station.seg_start + (seg_end - station.win - station.seg_start) // station.stride * station.stride
+                    starts = list(range(station.o_next, last_grid + 1, station.stride))
+                    if last_grid + station.win < seg_end:
+                        starts.append(seg_end - station.win)
                     first = max(station.seg_start,
-                                min(station.o_next - self.context_windows * station.stride, last_grid))
-                    job = self.cut(station, first, seg_end, seg_end - station.post, True, now)
+                                min(station.o_next - self.context(station) * station.stride, last_grid))
+                    if station.direct:
+                        first = min(starts, default=seg_end)
+                    job = self.cut(station, first, seg_end, seg_end - station.post, True, now, starts)
                 elif seg_len > 0:
                     logger.info("%s: segment %s - %s is shorter than one window; not annotated (as classify)",
                                 station.key, station.time(station.seg_start), station.time(seg_end))
@@ -270,10 +286,16 @@ class Planner:
             if available < self.windows_per_call:
                 return None
             o_last = station.o_next + (available - 1) * station.stride
-            first = max(station.seg_start, station.o_next - self.context_windows * station.stride)
-            job = self.cut(station, first, o_last + station.win, o_last + station.stride + station.pre, False, now)
+            first = max(station.seg_start, station.o_next - self.context(station) * station.stride)
+            starts = list(range(station.o_next, o_last + 1, station.stride))
+            job = self.cut(station, first, o_last + station.win, o_last + station.stride + station.pre, False, now,
+                           starts)
             station.o_next = o_last + station.stride
             return job
+
+    def context(self, station: Station) -> int:
+        """Earlier windows re-run with the new ones: none where the outputs are kept."""
+        return 0 if station.direct else self.context_windows
 
     @staticmethod
     def _first_valid(station: Station, a: int, b: int) -> int | None:
@@ -295,10 +317,38 @@ class Planner:
         hits = np.flatnonzero(missing)
         return a + int(hits[0]) if len(hits) else None
 
-    def cut(self, station: Station, a: int, b: int, new_final: int, flush: bool, now: float) -> Job:
-        stream = station_stream(station, a, b)
+    def cut(self, station: Station, a: int, b: int, new_final: int, flush: bool, now: float,
+            starts: list[int]) -> Job:
         ready_wall = now if flush else arrival_of(station, b)
-        return Job(station, a, b, new_final, flush, stream, ready_wall, station.seg_start)
+        if station.direct:
+            windows = station_windows(station, self.component_order, starts)
+            return Job(station, a, b, new_final, flush, None, ready_wall, station.seg_start, starts, windows)
+        return Job(station, a, b, new_final, flush, station_stream(station, a, b), ready_wall,
+                   station.seg_start, starts)
+
+
+def station_windows(station: Station, component_order: str, starts: list[int]) -> np.ndarray:
+    """The windows starting at ``starts`` as one (n, components, win) float32 array in the model's
+    component order, what SeisBench's ``stream_to_array`` and windowing give: missing samples and
+    components are 0. Values too large for float32 are scaled by a power of two, as the stream
+    cleaner does (the windows are normalised, so the output is the same)."""
+    from ..models.preprocessing import _SCALED_MAX_ABS, SAFE_MAX_ABS
+
+    out = np.zeros((len(starts), len(component_order), station.win), dtype=np.float32)
+    if not starts:
+        return out
+    a, b = min(starts), max(starts) + station.win
+    block = np.zeros((len(component_order), b - a))
+    for comp, ring in station.channels.items():
+        if comp in component_order:
+            block[component_order.index(comp)] = ring.get(a, b)
+    np.nan_to_num(block, copy=False, nan=0.0)
+    peak = np.abs(block).max(initial=0.0)
+    if peak > SAFE_MAX_ABS:
+        block *= 2.0 ** -math.ceil(math.log2(peak / _SCALED_MAX_ABS))
+    for k, start in enumerate(starts):
+        out[k] = block[:, start - a: start - a + station.win]
+    return out
 
 
 def station_stream(station: Station, a: int, b: int, fill: bool = False) -> obspy.Stream:

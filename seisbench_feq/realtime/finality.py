@@ -19,16 +19,10 @@ logger = logging.getLogger("seisbench_feq.realtime")
 
 
 def append_annotations(station: Station, annotations: obspy.Stream, job: Job) -> None:
-    """Append the newly final samples ``[final_end, job.new_final)`` of a model call."""
+    """Append the newly final samples ``[final_end, job.new_final)`` of an ``annotate`` call."""
     a, b = station.final_end, job.new_final
     if b <= a:
         return
-    if station.ann_start is None:
-        station.ann_start = a
-    for name, data in station.ann.items():  # keep every label aligned on the station grid
-        if len(data) != a - station.ann_start:
-            station.ann[name] = np.concatenate([data, np.full(a - station.ann_start, np.nan, np.float32)])[
-                : a - station.ann_start]
     t_a = station.time(a)
     n_new = b - a
     blocks: dict[str, np.ndarray] = {}
@@ -41,6 +35,21 @@ def append_annotations(station: Station, annotations: obspy.Stream, job: Job) ->
         inside = (source >= 0) & (source < trace.stats.npts)
         block = blocks.setdefault(trace.stats.channel, np.full(n_new, np.nan, dtype=np.float32))
         block[inside] = trace.data[source[inside]]
+    append_blocks(station, blocks, b)
+
+
+def append_blocks(station: Station, blocks: dict[str, np.ndarray], b: int) -> None:
+    """Append final annotations ``[final_end, b)``: label channel -> ``b - final_end`` samples."""
+    a = station.final_end
+    if b <= a:
+        return
+    if station.ann_start is None:
+        station.ann_start = a
+    n_new = b - a
+    for name, data in station.ann.items():  # keep every label aligned on the station grid
+        if len(data) != a - station.ann_start:
+            station.ann[name] = np.concatenate([data, np.full(a - station.ann_start, np.nan, np.float32)])[
+                : a - station.ann_start]
     for name in set(station.ann) | set(blocks):
         previous = station.ann.get(name)
         if previous is None:
@@ -48,7 +57,7 @@ def append_annotations(station: Station, annotations: obspy.Stream, job: Job) ->
         block = blocks.get(name)
         if block is None:  # a label missing from this output
             block = np.full(n_new, np.nan, dtype=np.float32)
-        station.ann[name] = np.concatenate([previous, block])
+        station.ann[name] = np.concatenate([previous, block[:n_new]])
     station.final_end = b
 
 

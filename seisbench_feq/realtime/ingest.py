@@ -121,6 +121,8 @@ class Ingest:
         self.p.stats["records"] += 1
         if not station.queued and (station.gap_pending or self.p.planner.has_work(station)):
             station.queued = True
+            if not self.p._queue:
+                self.p._queued_at = time.time()  # batch_wait counts from here
             self.p._queue.append(station.key)
             self.p._ready.notify()
 
@@ -161,7 +163,8 @@ class Ingest:
         data = trace.data
         if data.dtype.kind not in "iuf":
             raise RealtimeError(f"{trace.id}: non-numeric samples ({data.dtype}) at {trace.stats.starttime}; record skipped")
-        values = np.ma.filled(np.ma.asarray(data).astype(np.float64), np.nan)
+        # (np.ma on every record costs more than the rest of feed)
+        values = np.ma.filled(data.astype(np.float64), np.nan) if np.ma.isMaskedArray(data) else data.astype(np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
             values[bad] = np.nan  # treated as a gap in this component
@@ -183,5 +186,7 @@ class Ingest:
             logger.warning("%s: %g Hz data is resampled to the model's %g Hz in every call", key, rate, self.p.model_rate)
         win, stride, pre, post = (int(round(s)) for s in sizes)
         logger.info("new station %s (%g Hz)", key, rate)
+        # at the model's rate the windows are cut from the rings as arrays (no resampling to do)
+        direct = self.p.direct and rate == self.p.model_rate
         return Station(key=key, sampling_rate=rate, anchor=trace.stats.starttime, win=win, stride=stride,
-                       pre=pre, post=post)
+                       pre=pre, post=post, direct=direct)

@@ -14,10 +14,12 @@ from typing import Any, Callable
 import numpy as np
 import obspy
 
+from . import direct as direct_path
 from . import finality
 from .buffers import ChannelRing, Job, Planner, Station, arrival_of, station_stream
 from .ingest import Ingest
 from .common import COMPONENT_ALIASES, RealtimeError, RealtimePick
+from .direct import direct_reason
 from .outputs import PickCSV, plot_station
 from .sources import Source
 
@@ -61,10 +63,17 @@ class RealtimePicker:
         (late) record; beyond that the gap is given up and logged.
     :param history: seconds of final annotations kept per station (for picks and plots).
     :param dedupe_tolerance: seconds within which a same-phase pick at a station is a duplicate.
-    :param batch_stations: stations whose windows go into one ``annotate`` call at most.
+    :param batch_stations: stations whose windows go into one model call at most.
+    :param batch_wait: wall seconds :meth:`run` waits, once a station has a window to run, for
+        other stations to complete theirs, so that they share one model call (the CPU per window
+        of a batch of one is several times that of a batch of many); a pick waits at most this
+        much longer. 0: run each station as soon as it is ready.
     :param weights: the weights label written with each pick.
     :param band_priority: band codes in priority order (``["HH", "BH"]``): a station that streams
         several bands uses, of those that arrive before its first window has run, the one first in this list.
+    :param direct: run the model on window arrays, each window once, batched over stations
+        (:mod:`.direct`; the same annotations as ``annotate``, at a fraction of its cost) where the
+        model and the station's rate allow it; False: ``annotate`` on every call (the reference).
     :param annotate_kwargs: passed to ``annotate`` and ``classify_aggregate`` like ``classify``'s
         keyword arguments (e.g. ``P_threshold=0.2``, ``overlap=4000``).
     """
@@ -74,12 +83,14 @@ class RealtimePicker:
                  plot_dir: str | Path | None = None, plot_interval: float = 60.0, plot_seconds: float = 120.0,
                  step: float | None = None, silence_timeout: float = 120.0, max_component_lag: float = 30.0,
                  reorder_window: float = 30.0, history: float = 300.0, dedupe_tolerance: float = 0.2,
-                 batch_stations: int = 64, weights: str = "", band_priority=None, **annotate_kwargs):
+                 batch_stations: int = 64, batch_wait: float = 1.0, weights: str = "", band_priority=None,
+                 direct: bool = True,
+                 **annotate_kwargs):
         if getattr(model, "output_type", None) != "array":
             raise RealtimeError(f"{type(model).__name__}: real-time picking needs an array-output WaveformModel")
         for name, value in (("silence_timeout", silence_timeout), ("history", history),
                             ("max_component_lag", max_component_lag), ("reorder_window", reorder_window),
-                            ("plot_interval", plot_interval)):
+                            ("plot_interval", plot_interval), ("batch_wait", batch_wait)):
             if not value >= 0:
                 raise RealtimeError(f"{name} must be >= 0, got {value!r}")
         if step is not None and not step > 0:
@@ -98,12 +109,23 @@ class RealtimePicker:
         stride_s = self.stride_model / (self.model_rate or 100.0)
         self._comp_order = model.component_order or "ZNE"
         self.planner = Planner(max(1, round((step or stride_s) / stride_s)), context, max_component_lag,
-                               len(self._comp_order))
+                               self._comp_order)
+        reason = direct_reason(model) if direct else "direct=False"
+        if direct and reason:
+            logger.info("%s: the model runs through annotate (%s)", self.model_label, reason)
+        self.direct = reason is None
+        self._stacking = str(model._argdict_get_with_default(self.argdict, "stacking")).lower()
+        if self._stacking not in ("max", "avg"):  # SeisBench's _stack_options
+            raise RealtimeError(f"stacking={self._stacking!r}: expected 'max' or 'avg'")
+        self._batch_size = int(model._argdict_get_with_default(self.argdict, "batch_size"))
+        self._label_names = [f"{type(model).__name__}_{label}" for label in (model.labels or [])]
         self.silence_timeout = silence_timeout
         self.reorder_window = reorder_window
         self.history = history
         self.dedupe_tolerance = dedupe_tolerance
         self.batch_stations = int(batch_stations)
+        self.batch_wait = float(batch_wait)
+        self._queued_at = 0.0  # wall time the queue last became non-empty
         self.band_priority = [b.strip().upper() for b in (band_priority.split(",") if isinstance(band_priority, str)
                                                           else band_priority or []) if b.strip()]
         self.plot_dir = Path(plot_dir) if plot_dir else None
@@ -123,7 +145,8 @@ class RealtimePicker:
         self.stats = collections.Counter()
         self.warned = collections.Counter()  # distinct warning key -> occurrences
         self._stations: dict[str, Station] = {}
-        self._lock = threading.Lock()
+        # re-entrant: the Ctrl-C handler (stop) runs in the worker thread, maybe while it holds the lock
+        self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._queue: collections.deque[str] = collections.deque()
         self._source: Source | None = None
@@ -155,12 +178,60 @@ class RealtimePicker:
     # ---- model and picks (worker thread) ------------------------------------------------------
 
     def _run_jobs(self, jobs: list[Job]) -> None:
+        started = time.time()
+        direct = [job for job in jobs if job.windows is not None]
+        blocks = self._run_direct(direct) if direct else []
+        annotations = self._run_annotate([job for job in jobs if job.windows is None])
+        self.stats["windows_run"] += sum(len(job.starts) for job in direct)
+        self.stats["windows_annotated"] += sum(
+            max(0, (j.slice_end - j.slice_start - j.station.win) // j.station.stride + 1) for j in jobs
+            if j.windows is None)
+        by_job = dict(zip(map(id, direct), blocks))
+        for job in jobs:
+            station = job.station
+            if job.windows is not None:
+                finality.append_blocks(station, by_job[id(job)], job.new_final)
+            else:
+                net, sta, loc = station.key.split(".")
+                finality.append_annotations(station, annotations.select(network=net, station=sta, location=loc), job)
+            self._emit_final(station, job, started)
+        self.stats["model_seconds"] += time.time() - started
+
+    def _run_direct(self, jobs: list[Job]) -> list[dict[str, np.ndarray]]:
+        """New windows of every direct job through the model in one batch; per job the stacked
+        annotations of its newly final samples (label channel -> array)."""
+        def failed(job, exc):
+            self.stats["failed_calls"] += 1
+            logger.error("%s: the model failed on %s - %s (%s); these windows are skipped", job.station.key,
+                         job.station.time(job.slice_start), job.station.time(job.slice_end), exc)
+
+        outputs, calls = direct_path.run_windows(self.model, jobs, self.argdict, self._batch_size, failed)
+        self.stats["model_calls"] += calls
+        blocks = []
+        for job, out in zip(jobs, outputs):
+            station = job.station
+            if out is None:  # the model failed: these windows give no annotation (as annotate)
+                out = np.full((len(job.starts), station.win, len(self._label_names)), np.nan, np.float32)
+            for start, pred in zip(job.starts, out):
+                station.preds[start] = pred.copy()  # not a view: the batch is freed
+            stacked = direct_path.stack_final(station, station.final_end, job.new_final,
+                                              len(self._label_names), self._stacking)
+            blocks.append({name: stacked[:, k] for k, name in enumerate(self._label_names)})
+            if job.flush:
+                station.preds = {}
+            else:
+                direct_path.forget_windows(station, job.new_final)
+        return blocks
+
+    def _run_annotate(self, jobs: list[Job]) -> obspy.Stream:
+        """The reference path: ``annotate`` on the jobs' slices (with their context windows)."""
         stream = obspy.Stream()
         for job in jobs:
             stream += job.stream
-        started = time.time()
+        if not len(stream):
+            return stream
         try:
-            annotations = self._annotate(stream)
+            return self._annotate(stream)
         except Exception as exc:  # noqa: BLE001 - isolate the station whose data breaks the model
             logger.error("annotate failed on %d stations (%s); retrying them one by one", len(jobs), exc)
             annotations = obspy.Stream()
@@ -172,14 +243,7 @@ class RealtimePicker:
                     logger.error("%s: annotate failed on %s - %s (%s); these windows are skipped",
                                  job.station.key, job.station.time(job.slice_start),
                                  job.station.time(job.slice_end), exc_one)
-        self.stats["windows_annotated"] += sum(
-            max(0, (j.slice_end - j.slice_start - j.station.win) // j.station.stride + 1) for j in jobs)
-        for job in jobs:
-            station = job.station
-            net, sta, loc = station.key.split(".")
-            finality.append_annotations(station, annotations.select(network=net, station=sta, location=loc), job)
-            self._emit_final(station, job, started)
-        self.stats["model_seconds"] += time.time() - started
+            return annotations
 
     def _annotate(self, stream: obspy.Stream) -> obspy.Stream:
         if not len(stream):
@@ -356,7 +420,7 @@ class RealtimePicker:
             while not self._stop.is_set():
                 if duration is not None and time.time() - started > duration:
                     break
-                jobs = self._next_jobs(timeout=0.25)
+                jobs = self._next_jobs(timeout=0.25, batch_wait=self.batch_wait)
                 if jobs:
                     self._run_jobs(jobs)
                 elif source_done.is_set():
@@ -387,11 +451,18 @@ class RealtimePicker:
         self._log_summary()
         return self.picks
 
-    def _next_jobs(self, timeout: float) -> list[Job]:
-        now = time.time()
+    def _next_jobs(self, timeout: float, batch_wait: float = 0.0) -> list[Job]:
         with self._ready:
             if not self._queue:
                 self._ready.wait(timeout)
+            if self._queue and batch_wait > 0:
+                # stations whose windows complete within batch_wait of the first share one model
+                # call: per window, a batch of one costs several times a batch of many
+                deadline = self._queued_at + batch_wait
+                while (0 < len(self._queue) < min(self.batch_stations, len(self._stations))
+                       and not self._stop.is_set() and time.time() < deadline):
+                    self._ready.wait(deadline - time.time())
+            now = time.time()
             jobs = []
             for _ in range(min(len(self._queue), self.batch_stations)):
                 station = self._stations[self._queue.popleft()]
@@ -403,6 +474,7 @@ class RealtimePicker:
                 if self.planner.has_work(station):
                     station.queued = True
                     self._queue.append(station.key)
+                    self._queued_at = 0.0  # a backlog: no waiting for more
             return jobs
 
     def _housekeeping(self) -> None:

@@ -21,7 +21,8 @@ Waveforms stay in counts through the pipeline (only demeaned); the *model's own*
 see identical inputs by construction.
 
 Stages: :mod:`.augmentations` (targets and augmentations), :mod:`.module` (loss, Lightning
-module, validation F1), :mod:`.datasets` (STEAD and SeisBench folders), :mod:`.distillation`
+module, validation F1), :mod:`.validation` (validation windows, the continuous validation tail),
+:mod:`.datasets` (STEAD and SeisBench folders), :mod:`.distillation`
 (teacher and distillation sources), :mod:`.run` (:func:`train`), :mod:`.report` (training curves).
 """
 
@@ -50,7 +51,8 @@ from .distillation import (
     teacher_pick_targets,
     teacher_probabilities,
 )
-from .module import LOSS_WEIGHTS, masked_bce, normalized_forward, picker_loss, validation_pick_windows
+from .module import LOSS_WEIGHTS, masked_bce, normalized_forward, picker_loss
+from .validation import VAL_FRACTION, ContinuousValidation, continuous_validation, validation_pick_windows
 from .report import plot_validation_f1, validation_history, validation_summary
 from .run import SEISBENCH_REQUIREMENT, TRAIN_DEFAULTS, export_weights, init_history, train, warm_start
 

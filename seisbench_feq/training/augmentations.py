@@ -57,6 +57,7 @@ class AnalystTargets:
         import seisbench.generate as sbg
 
         self.phase_dict = phase_dict
+        self.sigma, self.factor = sigma, factor
         p_cols = [c for c, p in phase_dict.items() if p == "P"]
         s_cols = [c for c, p in phase_dict.items() if p == "S"]
         self.picks = None
@@ -82,7 +83,7 @@ class AnalystTargets:
         state_dict["analyst"] = (target, None)
 
     def __str__(self):
-        return f"AnalystTargets(sigma={PICK_SIGMA}, factor={DETECTION_FACTOR})"
+        return f"AnalystTargets(sigma={self.sigma}, factor={self.factor})"
 
 
 class CombineTargets:
@@ -202,11 +203,16 @@ def augmentation_pipeline(
     window_around_picks: bool = True,
     analyst_weight: float = 0.5,
     physical_augmentations: bool = False,
+    noise_rate: float = 0.3,
+    pick_sigma: int = PICK_SIGMA,
 ) -> list:
     """The EqT/LEQNet recipe as ``seisbench.generate`` steps; output keys ``X`` (3, W) and ``y`` (3, W).
 
     ``X`` stays in counts (demeaned): the model's ``annotate_batch_pre`` normalises in the training
-    step. ``y`` rows are detection, P, S in [0, 1], NaN where unknown.
+    step. ``y`` rows are detection, P, S in [0, 1], NaN where unknown. ``noise_rate``: the share
+    of training windows that get Gaussian noise (std up to 0.15 of the window's maximum): it can
+    bury the small events of a window whose labels stay. ``pick_sigma``: width of the Gaussian
+    analyst pick labels, in samples.
     """
     import seisbench.generate as sbg
 
@@ -233,7 +239,7 @@ def augmentation_pipeline(
     steps.append(sbg.RandomWindow(windowlen=in_samples, strategy="pad"))
     if teacher_rows:
         steps.append(SplitTeacher())
-    steps += [AnalystTargets(phase_dict), CombineTargets(analyst_weight)]
+    steps += [AnalystTargets(phase_dict, sigma=pick_sigma), CombineTargets(analyst_weight)]
     if train and physical_augmentations:
         steps += [
             sbg.OneOf([PolarityFlip(), sbg.NullAugmentation()], probabilities=[0.5, 0.5]),
@@ -251,7 +257,7 @@ def augmentation_pipeline(
         # many overlapping aftershocks; noise 0.3; drop_channel 0.5 -> 0.4; gap 0.2).
         steps += [
             sbg.OneOf([SecondEvent(), sbg.NullAugmentation()], probabilities=[0.3, 0.7]),
-            sbg.OneOf([sbg.GaussianNoise(), sbg.NullAugmentation()], probabilities=[0.3, 0.7]),
+            sbg.OneOf([sbg.GaussianNoise(), sbg.NullAugmentation()], probabilities=[noise_rate, 1 - noise_rate]),
             sbg.OneOf([sbg.ChannelDropout(), sbg.NullAugmentation()], probabilities=[0.4, 0.6]),
             sbg.OneOf([sbg.AddGap(), sbg.NullAugmentation()], probabilities=[0.2, 0.8]),
         ]

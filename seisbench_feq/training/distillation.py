@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .augmentations import PICK_SIGMA
+from .validation import VAL_FRACTION
 
 logger = logging.getLogger(__name__)
 
@@ -242,12 +243,13 @@ def build_distillation_sources(
     in_samples: int = 6000,
     ncedc_test_fraction: float = 0.5,
     split_seed: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
     max_val_windows: int = 256,
     teacher_targets: str = "soft",
     grid_shifts=(0,),
     grid_rule: str = "average",
     mask_conflicts: bool = False,
+    pick_sigma: int = PICK_SIGMA,
 ):
     """Training and validation sources for distillation, plus a record of the data used.
 
@@ -260,6 +262,7 @@ def build_distillation_sources(
       labels, :func:`teacher_pick_targets`).
     * ``mask_conflicts``: teacher P/S labels of one arrival become unknown on the continuous data
       (:func:`mask_ps_conflicts`; training part only, validation keeps them).
+    * ``pick_sigma``: width of the teacher's Gaussian pick labels (``teacher_targets='picks'``).
     Returns ``(train_source, train_weights, val_source, info)``.
     """
     import pandas as pd
@@ -306,7 +309,7 @@ def build_distillation_sources(
                     grid_rule,
                 )  # fmt: skip
                 if teacher_targets == "picks":
-                    probs = teacher_pick_targets(probs)
+                    probs = teacher_pick_targets(probs, sigma=pick_sigma)
                 n = seg.data.shape[-1]
                 split_at = int(n * (1 - val_fraction))
                 if mask_conflicts:
@@ -345,7 +348,7 @@ def build_distillation_sources(
                 grid_rule=grid_rule,
             )  # fmt: skip
             if teacher_targets == "picks":
-                probs = teacher_pick_targets(probs)
+                probs = teacher_pick_targets(probs, sigma=pick_sigma)
             index = len(arrays)
             arrays.append(np.concatenate([data, probs]))
             item = {

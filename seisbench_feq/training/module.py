@@ -111,13 +111,17 @@ def _pick_f1_callback_class():
 
         Logged as ``val_f1_P``, ``val_f1_S``, ``val_f1`` (their mean) and ``windows_seen``, with the
         picking rule of ``seisbench-feq evaluate`` (thresholds 0.3, 0.5 s tolerance), so that
-        checkpoints can be chosen on validation stations by what the user will see.
+        checkpoints can be chosen on validation stations by what the user will see. With
+        ``continuous``, also the agreement on the continuous validation tail (``val_cont_f1``,
+        :class:`seisbench_feq.training.validation.ContinuousValidation`) and ``val_score``, the
+        mean of ``val_f1`` and ``val_cont_f1``.
         """
 
-        def __init__(self, waveforms: np.ndarray, metadata, batch_size: int):
+        def __init__(self, waveforms: np.ndarray, metadata, batch_size: int, continuous=None):
             self.waveforms = waveforms
             self.metadata = metadata
             self.batch_size = batch_size
+            self.continuous = continuous  # a training.validation.ContinuousValidation, or None
 
         def on_validation_epoch_end(self, trainer, pl_module):
             from ..evaluation import as_picker, score_picks
@@ -128,17 +132,12 @@ def _pick_f1_callback_class():
             pl_module.log("val_f1_P", f1_p)
             pl_module.log("val_f1_S", f1_s)
             pl_module.log("val_f1", (f1_p + f1_s) / 2, prog_bar=True)
+            if self.continuous is not None:
+                agreement = self.continuous.score(pl_module.model, "student")
+                for key in ("cont_P_f1", "cont_S_f1"):
+                    pl_module.log(f"val_{key}", agreement[key])
+                pl_module.log("val_cont_f1", agreement["continuous_mean_f1"])
+                pl_module.log("val_score", ((f1_p + f1_s) / 2 + agreement["continuous_mean_f1"]) / 2, prog_bar=True)
             pl_module.log("windows_seen", float(trainer.global_step * self.batch_size))
 
     return ValidationPickF1
-
-
-def validation_pick_windows(ncedc_root: str, files, seeds=(0, 1, 2)):
-    """Windows of the NCEDC validation traces, one per random P position seed (stacked)."""
-    import pandas as pd
-
-    from ..data import load_ncedc
-
-    names = [f if f.endswith(".npz") else f + ".npz" for f in files]
-    parts = [load_ncedc(ncedc_root, offset_seed=1000 + seed, names=names) for seed in seeds]
-    return np.concatenate([w for w, _ in parts]), pd.concat([m for _, m in parts], ignore_index=True)

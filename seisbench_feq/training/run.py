@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .augmentations import PICK_SIGMA
+
 logger = logging.getLogger(__name__)
 
 SEISBENCH_REQUIREMENT = "0.10.0"
@@ -124,6 +126,8 @@ TRAIN_DEFAULTS: dict = {
     "teacher_grid_rule": "average",
     "mask_ps_conflicts": False,
     "physical_augmentations": False,
+    "noise_rate": 0.3,
+    "pick_sigma": PICK_SIGMA,
     "out": "local/runs/train",
     "batch_size": 16,
     "lr": 1e-3,
@@ -168,10 +172,11 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
 
     from ..baselines import BASELINES, is_detector
     from ..models import MODELS
-    from .augmentations import PICK_SIGMA, augmentation_pipeline, phase_columns
+    from .augmentations import augmentation_pipeline, phase_columns
     from .datasets import load_waveform_dataset, supervised_splits
     from .distillation import build_distillation_sources
-    from .module import LOSS_WEIGHTS, _lightning_module_class, _pick_f1_callback_class, validation_pick_windows
+    from .module import LOSS_WEIGHTS, _lightning_module_class, _pick_f1_callback_class
+    from .validation import continuous_validation, validation_pick_windows
 
     if namespace is not None:
         options = {**{k: v for k, v in vars(namespace).items() if k in TRAIN_DEFAULTS}, **options}
@@ -204,6 +209,13 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
 
     data_info: dict = {}
     val_windows = None
+    tail_validation = None  # the continuous validation tail, for --select-on score
+    if not args.pick_sigma >= 1:
+        raise ValueError(f"pick_sigma={args.pick_sigma!r}: expected at least 1 sample")
+    if not 0 <= args.noise_rate <= 1:
+        raise ValueError(f"noise_rate={args.noise_rate!r}: expected a share between 0 and 1")
+    if args.select_on == "score" and not (args.distill and args.cx_root):
+        raise ValueError("select_on='score' needs distill with cx_root (the continuous validation tail)")
     if args.distill:
         train_source, weights, val_source, data_info = build_distillation_sources(
             args.teacher,
@@ -217,6 +229,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             grid_shifts=args.teacher_grid_shifts,
             grid_rule=args.teacher_grid_rule,
             mask_conflicts=args.mask_ps_conflicts,
+            pick_sigma=args.pick_sigma,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
         train_gen = sbg.GenericGenerator(train_source)
@@ -224,13 +237,19 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             augmentation_pipeline(
                 args.in_samples, phase_dict, train=True, teacher_rows=True, window_around_picks=False,
                 analyst_weight=args.analyst_weight, physical_augmentations=args.physical_augmentations,
+                noise_rate=args.noise_rate, pick_sigma=args.pick_sigma,
             )
         )
         if data_info.get("ncedc_val_files") and not detector:  # the pick-F1 callback needs picks
             val_windows = validation_pick_windows(args.ncedc_root, data_info["ncedc_val_files"])
+        if args.select_on == "score":
+            tail_validation = continuous_validation(
+                args.cx_root, args.teacher, cache_dir=args.cache_dir, min_samples=args.in_samples
+            )
+            data_info["continuous_validation_hours"] = round(tail_validation.hours, 2)
         val_gen = sbg.GenericGenerator(val_source)
         val_gen.add_augmentations(
-            augmentation_pipeline(args.in_samples, phase_dict, train=False, teacher_rows=True)
+            augmentation_pipeline(args.in_samples, phase_dict, train=False, teacher_rows=True, pick_sigma=args.pick_sigma)
         )
         sampler = WeightedRandomSampler(weights, num_samples=args.steps_per_epoch * args.batch_size)
     else:
@@ -240,9 +259,15 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
         if not phase_dict:
             raise ValueError(f"dataset {args.dataset} has no trace_<phase>_arrival_sample columns to label")
         train_gen = sbg.GenericGenerator(train_ds)
-        train_gen.add_augmentations(augmentation_pipeline(args.in_samples, phase_dict, train=True))
+        train_gen.add_augmentations(
+            augmentation_pipeline(
+                args.in_samples, phase_dict, train=True, noise_rate=args.noise_rate, pick_sigma=args.pick_sigma
+            )
+        )
         val_gen = sbg.GenericGenerator(dev_ds)
-        val_gen.add_augmentations(augmentation_pipeline(args.in_samples, phase_dict, train=False))
+        val_gen.add_augmentations(
+            augmentation_pipeline(args.in_samples, phase_dict, train=False, pick_sigma=args.pick_sigma)
+        )
         sampler = RandomSampler(train_gen, replacement=True, num_samples=args.steps_per_epoch * args.batch_size)
         data_info = {
             "dataset": args.dataset,
@@ -271,9 +296,13 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
     )
     callbacks = []
     if val_windows is not None:
-        callbacks.append(_pick_f1_callback_class()(*val_windows, batch_size=args.batch_size))
-    monitor = "val_f1" if args.select_on == "f1" and val_windows is not None else "val_loss"
-    mode = "max" if monitor == "val_f1" else "min"
+        callbacks.append(
+            _pick_f1_callback_class()(*val_windows, batch_size=args.batch_size, continuous=tail_validation)
+        )
+    monitor = "val_loss"
+    if val_windows is not None and args.select_on in ("f1", "score"):
+        monitor = "val_score" if tail_validation is not None else "val_f1"
+    mode = "min" if monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best-{epoch}-{" + monitor + ":.4f}",
@@ -346,7 +375,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                 "threads": torch.get_num_threads(),
                 "recipe": {
                     "loss_weights": list(LOSS_WEIGHTS),
-                    "pick_sigma_samples": PICK_SIGMA,
+                    "pick_sigma_samples": args.pick_sigma,
                     "detection": "P to S + 0.4 (S - P)",
                     "optimizer": f"Adam lr={args.lr}"
                     + (f", halved after {args.plateau_patience} epochs without progress" if args.plateau_patience else ""),
@@ -359,6 +388,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     **({"teacher_grid_rule": args.teacher_grid_rule} if args.teacher_grid_rule != "average" else {}),
                     **({"mask_ps_conflicts": True} if args.mask_ps_conflicts else {}),
                     "physical_augmentations": bool(args.physical_augmentations),
+                    "noise_rate": args.noise_rate,
                 },
                 **summary,
             },
