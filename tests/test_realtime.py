@@ -342,7 +342,7 @@ def test_cli_replay_ctrl_c_flushes_outputs(tmp_path, capsys):
     capsys.readouterr()
     assert main(["realtime", "--replay", str(_sds()), "--streams", "CX.PB01..HHZ", "--start", str(T0),
                  "--end", str(T0 + 70), "--speed", "0", *_cli_model(), "--out", str(out),
-                 "--threads", "1", "--quakeml-dir", str(tmp_path / "events")]) == 0
+                 "--threads", "1", "--batch-wait", "0", "--quakeml-dir", str(tmp_path / "events")]) == 0
     deprecations = [line for line in capsys.readouterr().err.splitlines() if "deprecated:" in line]
     assert len(deprecations) == 4, deprecations  # --streams, --out X.csv, --threads, --quakeml-dir
     assert not (tmp_path / "events").exists()

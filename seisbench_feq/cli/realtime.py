@@ -47,6 +47,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--step", type=non_negative_float,
                         help="seconds of data between model calls (default: one stride)")
     parser.add_argument("--duration", type=non_negative_float, help="stop after this many wall seconds")
+    parser.add_argument("--batch-wait", type=non_negative_float, default=1.0,
+                        help="seconds a station with a window ready waits for others, so that they "
+                             "share one model call (cheaper per window; picks up to this much later; "
+                             "0: no waiting; default 1)")
     parser.add_argument("--silence-timeout", type=non_negative_float, default=120.0,
                         help="flush a station after this many seconds without data")
     parser.add_argument("--reorder-window", type=non_negative_float, default=30.0,
@@ -109,6 +113,7 @@ def run(args) -> int:
         picker = RealtimePicker(model, csv_path=out, plot_dir=args.plot_dir, band_priority=args.channels,
                                 plot_interval=args.plot_interval, step=args.step or None,
                                 silence_timeout=args.silence_timeout, reorder_window=args.reorder_window,
+                                batch_wait=args.batch_wait,
                                 weights=weights_label(model), **kwargs)
         picks = picker.run(source, duration=args.duration)
     except RealtimeError as exc:
