@@ -31,6 +31,28 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def small_distillation_data(folder: Path, ncedc_traces: int):
+    """Real training inputs in ``folder``: 3 min of CX.PB01 (``cx/``) and the first
+    ``ncedc_traces`` NCEDC traces (``ncedc/``, links and their ``waveform.csv`` rows).
+    Returns ``(cx, ncedc, subset)``, ``subset`` the rows as a DataFrame."""
+    import obspy
+    import pandas as pd
+
+    cx = folder / "cx"
+    cx.mkdir()
+    stream = obspy.read(str(shared_path("data", "cx_continuous", "CX_20140401", "CX.PB01..HH.mseed")))
+    t0 = stream[0].stats.starttime + 600
+    stream.trim(t0, t0 + 180).write(str(cx / "CX.PB01.mseed"), format="MSEED")
+    ncedc_root = shared_path("data", "ncedc")
+    subset = pd.read_csv(ncedc_root / "waveform.csv").iloc[:ncedc_traces]
+    ncedc = folder / "ncedc"
+    ncedc.mkdir()
+    subset.to_csv(ncedc / "waveform.csv", index=False)
+    for name in subset["fname"]:
+        (ncedc / name).symlink_to(ncedc_root / name)
+    return cx, ncedc, subset
+
+
 @pytest.fixture(scope="session")
 def shared():
     """The ``../shared`` folder (skip/fail as in :func:`shared_path`)."""

@@ -8,7 +8,7 @@ import numpy as np
 import obspy
 import pytest
 import torch
-from conftest import shared_path
+from conftest import shared_path, small_distillation_data
 
 from seisbench_feq.baselines import (
     BASELINES,
@@ -158,22 +158,9 @@ def test_registration_names_and_missing_weights(tmp_path):
 @pytest.mark.timeout(300)
 def test_cli_trains_detector_and_tree_on_distillation_windows(tmp_path):
     """``seisbench-feq train --model simple-cnn|decision-tree`` on real CX + NCEDC windows (random teacher)."""
-    import pandas as pd
-
     from seisbench_feq.cli import main
 
-    cx = tmp_path / "cx"
-    cx.mkdir()
-    stream = obspy.read(str(shared_path("data", "cx_continuous", "CX_20140401", "CX.PB01..HH.mseed")))
-    t0 = stream[0].stats.starttime + 600
-    stream.trim(t0, t0 + 180).write(str(cx / "CX.PB01.mseed"), format="MSEED")
-    ncedc_root = shared_path("data", "ncedc")
-    subset = pd.read_csv(ncedc_root / "waveform.csv").iloc[:16]
-    ncedc = tmp_path / "ncedc"
-    ncedc.mkdir()
-    subset.to_csv(ncedc / "waveform.csv", index=False)
-    for name in subset["fname"]:
-        (ncedc / name).symlink_to(ncedc_root / name)
+    cx, ncedc, _ = small_distillation_data(tmp_path, 16)
     common = [
         "--distill", "--teacher", "random-eqtransformer", "--cx-root", str(cx), "--ncedc-root", str(ncedc),
         "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--steps-per-epoch", "1", "--max-steps", "2",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_path
+from conftest import shared_path, small_distillation_data
 
 from seisbench_feq.data import load_ncedc, load_ncedc_noise, split_by_station
 
@@ -286,24 +286,10 @@ def test_cli_train_on_stead_fixture(stead_source, isolated_cache, tmp_path):
 
 def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch, capsys):
     """Distillation on real CX data + NCEDC with a random teacher: held-out stations are never read."""
-    import obspy
-
     import seisbench_feq.data as data
     from seisbench_feq.cli import main
 
-    cx = tmp_path / "cx"
-    cx.mkdir()
-    stream = obspy.read(str(shared_path("data", "cx_continuous", "CX_20140401", "CX.PB01..HH.mseed")))
-    t0 = stream[0].stats.starttime + 600
-    stream.trim(t0, t0 + 180).write(str(cx / "CX.PB01.mseed"), format="MSEED")
-
-    ncedc_root = shared_path("data", "ncedc")
-    subset = pd.read_csv(ncedc_root / "waveform.csv").iloc[:24]
-    ncedc = tmp_path / "ncedc"
-    ncedc.mkdir()
-    subset.to_csv(ncedc / "waveform.csv", index=False)
-    for name in subset["fname"]:
-        (ncedc / name).symlink_to(ncedc_root / name)
+    cx, ncedc, subset = small_distillation_data(tmp_path, 24)
     stations = subset["fname"].str.split("_").str[:2].str.join(".")
     test_stations = set(stations[split_by_station(pd.DataFrame({"station": stations})) == "test"])
     assert test_stations

@@ -4,14 +4,11 @@ package's own models do."""
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 from seisbench.models import WaveformModel
 
 from ..models.hooks import PickerHooks
-
-WEIGHTS_PACKAGE = "seisbench_feq"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -37,7 +34,6 @@ class BaselineHooks(PickerHooks):
     (``phases == ""`` for detectors: ``classify`` then gives detections and no picks).
     """
 
-    weights_name = ""
     weights_suffixes = (".json.v1", ".pt.v1")  # SeisBench's pair written by export/save(version "1")
     #: The published figure of the design (from the authors' own STEAD subsets, not this data).
     published = ""
@@ -45,19 +41,8 @@ class BaselineHooks(PickerHooks):
     # --- shipped weights ----------------------------------------------------------------------
 
     @classmethod
-    def _model_path(cls) -> Path:
-        return Path(str(importlib.resources.files(WEIGHTS_PACKAGE) / "weights" / cls.weights_name))
-
-    @classmethod
     def shipped_files(cls, name: str = "default") -> list[Path]:
         return [cls._model_path() / f"{name}{suffix}" for suffix in cls.weights_suffixes]
-
-    @classmethod
-    def _remote_path(cls) -> str:
-        raise ValueError(
-            f"{cls.__name__} weights are shipped with seisbench_feq, there is no remote repository."
-            f" Load other files with {cls.__name__}.load(path)."
-        )
 
     @classmethod
     def list_pretrained(cls, details: bool = False, remote: bool = False):

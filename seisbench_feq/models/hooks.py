@@ -10,6 +10,8 @@ pick rule (``pick_mode``, P/S conflicts) and the optional MC-dropout pick uncert
 from __future__ import annotations
 
 import functools
+import importlib.resources
+from pathlib import Path
 from typing import Any
 
 import obspy
@@ -73,9 +75,24 @@ class PickerHooks:
     """Mixin before ``WaveformModel``: the package's annotate/classify behaviour (module docstring).
 
     The model needs ``norm`` and ``highpass`` attributes (window pre-processing) and ``phases``.
+    Its weights ship inside the package, in ``seisbench_feq/weights/<weights_name>/`` (default:
+    the class name in lower case), so ``from_pretrained`` works offline and writes nothing.
     """
 
     _annotate_args = _ARGS
+    weights_name: str | None = None
+
+    @classmethod
+    def _model_path(cls) -> Path:
+        folder = cls.weights_name or cls.__name__.lower()
+        return Path(str(importlib.resources.files("seisbench_feq") / "weights" / folder))
+
+    @classmethod
+    def _remote_path(cls) -> str:
+        raise ValueError(
+            f"{cls.__name__} weights are shipped with seisbench_feq, there is no remote repository."
+            f" Available: {cls.list_pretrained()}. Load other files with {cls.__name__}.load(path)."
+        )
 
     @log_hook_errors
     def annotate_batch_pre(self, batch, argdict: dict[str, Any]):

@@ -22,8 +22,6 @@ that EqT's 377k-parameter constructor never runs.
 
 from __future__ import annotations
 
-import importlib.resources
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -189,18 +187,6 @@ class LEQNet(PickerHooks, WaveformModel):
             highpass=self.highpass,
         )
         return model_args
-
-    @classmethod
-    def _model_path(cls) -> Path:
-        # Weights ship inside the package: from_pretrained works offline and writes nothing.
-        return Path(str(importlib.resources.files("seisbench_feq") / "weights" / cls.__name__.lower()))
-
-    @classmethod
-    def _remote_path(cls) -> str:
-        raise ValueError(
-            f"{cls.__name__} weights are shipped with seisbench_feq, there is no remote repository."
-            f" Available: {cls.list_pretrained()}. Load other files with {cls.__name__}.load(path)."
-        )
 
     @classmethod
     def list_pretrained(cls, details: bool = False, remote: bool = False):

@@ -135,6 +135,14 @@ def _instrument(trace: obspy.Trace) -> str:
     return trace.id[:-1]
 
 
+def huge_value_factor(peak: float) -> float:
+    """The power of two (exact in floating point) that brings ``peak`` to about 2**30, or 1 when
+    ``peak`` is small enough for float32 windows (at most ``SAFE_MAX_ABS``)."""
+    if not peak > SAFE_MAX_ABS:
+        return 1.0
+    return 2.0 ** -math.ceil(math.log2(peak / _SCALED_MAX_ABS))
+
+
 def _scale_huge_values(traces: list, note: _Notes) -> None:
     peaks: dict[str, float] = {}
     for trace in traces:
@@ -146,7 +154,7 @@ def _scale_huge_values(traces: list, note: _Notes) -> None:
             key = _instrument(trace)
             peaks[key] = max(peaks.get(key, 0.0), float(finite.max()))
     for key, peak in peaks.items():
-        factor = 2.0 ** -math.ceil(math.log2(peak / _SCALED_MAX_ABS))  # a power of two: exact
+        factor = huge_value_factor(peak)
         for trace in traces:
             if _instrument(trace) == key:
                 huge = np.abs(np.ma.getdata(trace.data)) > SAFE_MAX_ABS

@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -332,7 +331,7 @@ def station_windows(station: Station, component_order: str, starts: list[int]) -
     component order, what SeisBench's ``stream_to_array`` and windowing give: missing samples and
     components are 0. Values too large for float32 are scaled by a power of two, as the stream
     cleaner does (the windows are normalised, so the output is the same)."""
-    from ..models.preprocessing import _SCALED_MAX_ABS, SAFE_MAX_ABS
+    from ..models.preprocessing import huge_value_factor
 
     out = np.zeros((len(starts), len(component_order), station.win), dtype=np.float32)
     if not starts:
@@ -343,9 +342,9 @@ def station_windows(station: Station, component_order: str, starts: list[int]) -
         if comp in component_order:
             block[component_order.index(comp)] = ring.get(a, b)
     np.nan_to_num(block, copy=False, nan=0.0)
-    peak = np.abs(block).max(initial=0.0)
-    if peak > SAFE_MAX_ABS:
-        block *= 2.0 ** -math.ceil(math.log2(peak / _SCALED_MAX_ABS))
+    factor = huge_value_factor(float(np.abs(block).max(initial=0.0)))
+    if factor != 1.0:
+        block *= factor
     for k, start in enumerate(starts):
         out[k] = block[:, start - a: start - a + station.win]
     return out
