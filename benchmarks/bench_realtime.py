@@ -34,6 +34,18 @@ alongside as the "before":
 
     python benchmarks/bench_realtime.py --cpu-per-window --threads 1 --stations 8 --minutes 5 --tick 5
 
+``--latency`` replays the N-station archive through ``RealtimePicker.run`` at ``--speed`` (1 = real
+time: the replay waits for the data's own clock, so a run lasts ``--minutes``), FEQ3 with its
+shipped weights, and prints the median and p95 of the picks' latency after the arrival
+(``RealtimePick.latency_s``: emission - data time of the pick's peak on the replay clock, split
+into waiting for data, queue and model), for the low-latency mode (``--stride``, ``--early-picks``)
+and, with ``--compare-default``, for the default mode after it. Picks in the first and last window
+of the replay are left out (the first window must fill; the last ones only the end-of-stream
+flush emits):
+
+    python benchmarks/bench_realtime.py --latency --threads 1 --stations 50 --minutes 5 --speed 1 \
+        --stride 5 --early-picks --compare-default
+
 The machine is shared with other users: model times include their load (the load average is printed).
 """
 
@@ -229,6 +241,51 @@ def cpu_per_window(args) -> int:
     return 0
 
 
+def latency_run(args, model, archive: Path, stride: float | None, early: bool) -> tuple[list, RealtimePicker]:
+    picker = RealtimePicker(model, stride=stride, early_picks=early, batch_wait=args.batch_wait)
+    picks = picker.run(ReplaySource(archive, speed=args.speed))
+    window = model.in_samples / model.sampling_rate
+    lo, hi = T0 + window, T0 + args.minutes * 60 - window
+    return [p for p in picks if lo <= p.time and p.end_time <= hi], picker
+
+
+def latency(args) -> int:
+    """Pick latency after the arrival, at ``--speed``, low-latency mode and default (see the docstring)."""
+    import torch
+
+    from seisbench_feq import FEQ3
+
+    torch.set_num_threads(args.threads)
+    model = FEQ3.from_pretrained("default").eval()
+    modes = [(f"stride {args.stride:g} s{', early picks' if args.early_picks else ''}", args.stride,
+              args.early_picks)]
+    if args.compare_default:
+        modes.append(("default (final picks only)", None, False))
+    load_before = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = replicated_archive(Path(tmp), args.stations, args.minutes)
+        for label, stride, early in modes:
+            started = time.perf_counter()
+            picks, picker = latency_run(args, model, archive, stride, early)
+            rows.append((label, picks, picker, time.perf_counter() - started))
+    print(f"FEQ3 (shipped weights), torch threads {args.threads}, {os.cpu_count()} CPUs, {args.stations} stations x"
+          f" {args.minutes:g} min of CX data at speed {args.speed:g}, batch_wait {args.batch_wait:g} s;"
+          f" load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n")
+    print("| mode | picks (early) | latency median | latency p95 | waiting for data median | queue p95 |"
+          " model p95 | model calls | wall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, picks, picker, wall in rows:
+        def stat(name, q):
+            values = [getattr(p, name) for p in picks]
+            return float(np.percentile(values, q)) if values else float("nan")
+
+        print(f"| {label} | {len(picks)} ({sum(p.early for p in picks)}) | {stat('latency_s', 50):.1f} s |"
+              f" {stat('latency_s', 95):.1f} s | {stat('wait_data_s', 50):.1f} s | {stat('queue_s', 95):.2f} s |"
+              f" {stat('model_s', 95):.2f} s | {picker.stats['model_calls']} | {wall:.0f} s |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -241,11 +298,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="--cpu-per-window: interleaved rounds")
     parser.add_argument("--skip-before", action="store_true",
                         help="--cpu-per-window: do not measure the annotate path (direct=False)")
+    parser.add_argument("--latency", action="store_true",
+                        help="pick latency after the arrival through RealtimePicker.run at --speed (FEQ3)")
+    parser.add_argument("--speed", type=float, default=1.0, help="--latency: replay speed (1 = real time)")
+    parser.add_argument("--stride", type=float, default=5.0, help="--latency: window stride in seconds")
+    parser.add_argument("--early-picks", action="store_true", help="--latency: the low-latency early picks")
+    parser.add_argument("--compare-default", action="store_true",
+                        help="--latency: then the default mode (final picks only) on the same replay")
+    parser.add_argument("--batch-wait", type=float, default=1.0, help="--latency: RealtimePicker batch_wait")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("seisbench").setLevel(logging.ERROR)
     if args.cpu_per_window:
         return cpu_per_window(args)
+    if args.latency:
+        return latency(args)
     import seisbench.models as sbm
     import torch
 

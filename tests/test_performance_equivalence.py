@@ -235,6 +235,53 @@ def test_chunked_annotate_equals_one_pass(leqnet_trained):
     ]
 
 
+def _pick_set(output):
+    # SeisBench's Pick.__lt__ is not a total order: equal sets may sort differently
+    picks = {(p.trace_id, p.phase, round(p.peak_time.timestamp, 5), round(p.start_time.timestamp, 5),
+              round(p.end_time.timestamp, 5), round(float(p.peak_value), 6)) for p in output.picks}
+    detections = {(d.trace_id, round(d.start_time.timestamp, 5), round(d.end_time.timestamp, 5),
+                   round(float(d.peak_value), 6)) for d in output.detections}
+    return picks, detections
+
+
+@pytest.mark.timeout(300)
+def test_streamed_classify_equals_classify_of_the_annotations(leqnet_trained):
+    # classify extracts picks piece by piece at quiet points; the whole-stream extraction on the
+    # annotations is the reference, for both pick rules and a threshold that is rarely quiet
+    first = real_stream("PB01", minutes=45)
+    t0 = first[0].stats.starttime
+    stream = first.copy().trim(t0, t0 + 12 * 60) + first.copy().trim(t0 + 15 * 60, t0 + 45 * 60)
+    stream += real_stream("PB02", minutes=25)
+    model = leqnet_trained
+    annotations = model.annotate(stream, chunk_seconds=300)
+    for options in ({}, {"pick_mode": "eqt"}, {"P_threshold": 0.02, "S_threshold": 0.02, "min_ps_separation": 2.0}):
+        kwargs = {"chunk_seconds": 300, **options}
+        expected = _pick_set(model.classify_aggregate(annotations, {**model.default_args, **kwargs}))
+        got = _pick_set(model.classify(stream, **kwargs))
+        assert len(expected[0]) > 5 and len(expected[1]) > 0, options
+        assert got == expected, options
+
+
+def test_quiet_cut_buffer_cuts_only_where_every_output_is_quiet(half_hour_annotations):
+    from seisbench_feq.models.streamed_classify import QuietCutBuffer
+
+    labels = np.stack([tr.data for tr in half_hour_annotations.select(station="PB01")])  # Detection, P, S
+    levels = np.array([0.25, 0.15, 0.15])
+    buffer = QuietCutBuffer(layout={}, off_levels=levels, margin=150)
+    pieces, block = [], 30_000
+    for start in range(0, labels.shape[1], block):
+        buffer.append(labels[:, start : start + block], 100.0)
+        taken = buffer.take(last=start + block >= labels.shape[1])
+        if taken is not None:
+            pieces.append(taken)
+    assert len(pieces) > 2  # the half hour is cut several times
+    assert [p[0] for p in pieces] == list(np.cumsum([0] + [p[1].shape[1] for p in pieces[:-1]]))
+    assert np.array_equal(np.concatenate([p[1] for p in pieces], axis=1), labels, equal_nan=True)
+    for start, _ in pieces[1:]:
+        around = labels[:, start - 150 : start + 151]
+        assert (around < levels[:, None]).all()
+
+
 @pytest.mark.timeout(120)
 def test_annotate_leaves_the_input_stream_alone(feq3_trained):
     stream = real_stream(minutes=12)

@@ -645,3 +645,144 @@ def test_direct_path_gives_the_picks_of_the_annotate_path(fast_model, direct_run
     reference = _drive(fast_model, records, direct=False)
     assert reference.stats["windows_run"] == 0 and reference.stats["windows_annotated"] > 0
     assert _keys(picker.picks) == _keys(reference.picks)
+
+
+# ---- low-latency mode: early picks from the windows run so far ------------------------------
+
+EARLY_STRIDE = 5.0
+# measured on these 10 minutes (FEQ3, stride 5 s): every classify pick has an early/final pick
+# within 0.30 s (9 of 29 within 0.01 s, 20 within 0.1 s); 3 early picks classify does not have
+EARLY_TOLERANCE = 0.35
+
+
+@pytest.fixture(scope="module")
+def early_run(fast_model):
+    """Both stations, 10 min of real data driven record by record (as they arrive) in early mode;
+    each emitted pick with the data time fed so far, and classify's picks on the same grid."""
+    records = _records(T0, 10 * 60, STREAMS)
+    picker = RealtimePicker(fast_model, stride=EARLY_STRIDE, early_picks=True)
+    fed = {"until": None}
+    emitted = []
+    picker.callback = lambda pick: emitted.append((pick, fed["until"]))
+    for trace in records:
+        fed["until"] = trace.stats.endtime + trace.stats.delta
+        picker.feed(trace.copy())
+        picker.process_pending()
+    fed["until"] = None  # the end-of-stream flush
+    picker.flush()
+    stream = obspy.Stream([r.copy() for r in records])
+    overlap = fast_model.in_samples - int(EARLY_STRIDE * fast_model.sampling_rate)
+    reference = fast_model.classify(stream.copy(), overlap=overlap).picks
+    return stream, picker, emitted, reference
+
+
+@pytest.mark.timeout(2400)  # the first one also builds the early run (long on a loaded CPU)
+def test_early_picks_are_emitted_once_and_match_classify_on_the_same_grid(fast_model, early_run):
+    stream, picker, emitted, reference = early_run
+    assert [p for p, _ in emitted] == picker.picks
+    _assert_once(picker.picks)
+    early = [p for p in picker.picks if p.early]
+    assert picker.stats["early_picks"] == len(early) and len(early) >= 0.8 * len(picker.picks)
+    assert len(reference) >= 15, "the test minutes should give real picks"
+    # no two emitted picks for one trigger: same phase, overlapping triggers
+    for i, a in enumerate(picker.picks):
+        for b in picker.picks[i + 1:]:
+            if (a.trace_id, a.phase) == (b.trace_id, b.phase):
+                assert not (a.start_time <= b.end_time and b.start_time <= a.end_time), (a, b)
+    limits = _segment_limits(stream, fast_model)
+    got = [(p.trace_id, p.phase, p.time.timestamp) for p in picker.picks]
+    diffs, used = [], set()
+    for ref in reference:
+        candidates = [i for i, g in enumerate(got) if i not in used and g[:2] == (ref.trace_id, ref.phase)
+                      and abs(g[2] - ref.peak_time.timestamp) <= EARLY_TOLERANCE]
+        near_end = any(ref.end_time.timestamp >= lo for lo, _ in limits.get(ref.trace_id, []))
+        if not candidates:
+            assert near_end, f"classify pick {ref} has no real-time pick within {EARLY_TOLERANCE} s"
+            continue
+        best = min(candidates, key=lambda i: abs(got[i][2] - ref.peak_time.timestamp))
+        used.add(best)
+        diffs.append(abs(got[best][2] - ref.peak_time.timestamp))
+    diffs = np.array(diffs)
+    assert len(diffs) >= len(reference) - 2
+    assert (diffs <= 0.1).sum() >= 0.5 * len(diffs)  # most are (nearly) classify's
+    extra = len(got) - len(used)  # early picks the later windows do not confirm
+    assert extra <= max(3, len(reference) // 5), extra
+    # a confirmed early pick is not emitted again when final: its final peak is recorded instead
+    assert picker.stats["early_confirmed"] == len(picker.early_revisions) >= 0.5 * len(early)
+    assert all(abs(final - peak) <= EARLY_TOLERANCE for _, _, peak, final in picker.early_revisions)
+
+
+@pytest.mark.timeout(2400)  # the first one also builds the early run (long on a loaded CPU)
+def test_early_picks_are_visible_one_stride_after_the_trigger_off(fast_model, early_run):
+    """The data that made a pick visible (``data_end``) had arrived when it was emitted; for an
+    early pick it is the newest window's end, so its data latency (``data_end - time``) is at most
+    stride + post blinding + trigger length when the first window that sees its trigger-off
+    unblinded makes it visible. Measured here (outside the first window, which must fill): 17 of
+    28 early picks; the others are weak picks (probability near the threshold) that only cross it
+    once a window sees their arrival further from its edge (max stacking), at most one window later.
+    """
+    _, picker, emitted, _ = early_run
+    rate = fast_model.sampling_rate
+    post = fast_model.default_args.get("blinding", fast_model._annotate_args["blinding"][1])[1] / rate
+    window = fast_model.in_samples / rate
+    after_off = []
+    for pick, fed_until in emitted:
+        assert pick.data_end is not None and pick.data_end > pick.end_time
+        if fed_until is not None:
+            assert pick.data_end <= fed_until + 0.01, (pick, fed_until)
+        assert pick.wait_data_s >= -0.05 and pick.queue_s >= 0 and pick.model_s >= 0
+        assert pick.latency_s == pytest.approx(pick.wait_data_s + pick.queue_s + pick.model_s)
+        if pick.early:
+            assert pick.data_end - pick.end_time >= post, pick  # never from blinded samples
+            assert pick.data_end - pick.end_time <= window + EARLY_STRIDE, pick  # never later than final
+            if pick.time >= T0 + window:
+                after_off.append(pick.data_end - pick.end_time)
+    bound = EARLY_STRIDE + post + 0.02
+    assert len(after_off) >= 20
+    assert np.median(after_off) <= bound, sorted(after_off)
+    assert sum(x <= bound for x in after_off) >= 0.5 * len(after_off), sorted(after_off)
+
+
+def test_stride_and_early_pick_options_are_checked():
+    from seisbench_feq import FEQ3
+    from seisbench_feq.realtime import RealtimeError
+
+    model = FEQ3()
+    picker = RealtimePicker(model, stride=5.0, early_picks=True)
+    assert picker.stride_model == 500 and picker.early_picks
+    assert RealtimePicker(model, stride=5.0, overlap=5500).stride_model == 500
+    with pytest.raises(RealtimeError, match="contradicts"):
+        RealtimePicker(model, stride=5.0, overlap=4000)
+    with pytest.raises(RealtimeError, match="whole number"):
+        RealtimePicker(model, stride=0.005)
+    with pytest.raises(RealtimeError, match="unblinded"):
+        RealtimePicker(model, stride=55.0)
+    with pytest.raises(RealtimeError, match="direct path"):
+        RealtimePicker(model, early_picks=True, direct=False)
+    assert not RealtimePicker(model).early_picks  # off by default
+
+
+def test_cli_low_latency_flags(monkeypatch):
+    """--low-latency is --early-picks with a 5 s stride; --stride overrides it; the picker gets both."""
+    import seisbench_feq.cli as cli
+    import seisbench_feq.realtime as realtime
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_picker(model, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(realtime, "RealtimePicker", fake_picker)
+    base = ["realtime", "--replay", str(_sds()), "--stations", "CX.PB01", "--model", "feq3", "--weights", "random"]
+    for extra, expected in (([], (None, False)), (["--low-latency"], (5.0, True)),
+                            (["--low-latency", "--stride", "2.5"], (2.5, True)),
+                            (["--stride", "10"], (10.0, False)), (["--early-picks"], (None, True))):
+        seen.clear()
+        args = cli.build_parser().parse_args(base + extra)
+        with pytest.raises(Stop):
+            args.func(args)
+        assert (seen["stride"], seen["early_picks"]) == expected, extra

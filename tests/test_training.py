@@ -314,8 +314,16 @@ def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch, capsys)
     assert cached
     stamps = [p.stat().st_mtime_ns for p in cached]
     # a second run reuses the teacher cache instead of recomputing
-    assert main(argv[:-2] + ["--out", str(tmp_path / "run2")]) == 0
+    assert main(argv[:-2] + ["--out", str(tmp_path / "run2"), "--source-shares", "cx_random=1,ncedc=3"]) == 0
     assert [p.stat().st_mtime_ns for p in sorted(cache.rglob("*.npy"))] == stamps
+    from seisbench_feq.training import build_distillation_sources
+
+    source, weights, _, _ = build_distillation_sources("random-eqtransformer", str(cx), str(ncedc), cache,
+                                                       shares={"cx_random": 1, "ncedc": 3})
+    by_kind = pd.Series(weights).groupby(source.metadata["kind"].to_numpy()).sum()
+    assert by_kind.get("cx_event", 0) == 0 and by_kind["ncedc"] == pytest.approx(0.75)
+    with pytest.raises(SystemExit):
+        main(argv[:-2] + ["--source-shares", "ncedc"])  # not KIND=SHARE
 
     # the validation pick F1 of both runs, read back from their real CSV logs and plotted
     from seisbench_feq.training import validation_history
@@ -378,6 +386,8 @@ def test_train_takes_keyword_arguments_only_from_its_defaults(tmp_path):
         train(dataset="stead", noise_rate=1.5, out=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="pick_sigma"):
         train(dataset="stead", pick_sigma=0, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="source_shares"):
+        train(dataset="stead", source_shares={"stead": 1.0}, out=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="select_on='score' needs distill"):
         train(dataset="stead", select_on="score", out=str(tmp_path / "run"))
 

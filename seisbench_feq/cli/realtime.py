@@ -46,6 +46,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--end", type=utc_time, help="replay end time (default: data end)")
     parser.add_argument("--step", type=non_negative_float,
                         help="seconds of data between model calls (default: one stride)")
+    parser.add_argument("--stride", type=non_negative_float,
+                        help="seconds between the starts of consecutive model windows (default: the "
+                             "model's, 30 s for FEQ3); shorter costs more model calls")
+    parser.add_argument("--early-picks", action="store_true",
+                        help="low latency: emit picks from the windows run so far, before their "
+                             "samples are final (each pick still once; may differ slightly from classify's)")
+    parser.add_argument("--low-latency", action="store_true",
+                        help="shorthand for --early-picks --stride 5 (unless --stride is given)")
     parser.add_argument("--duration", type=non_negative_float, help="stop after this many wall seconds")
     parser.add_argument("--batch-wait", type=non_negative_float, default=1.0,
                         help="seconds a station with a window ready waits for others, so that they "
@@ -110,7 +118,10 @@ def run(args) -> int:
                                   speed=args.speed)
         kwargs = {k: getattr(args, k) for k in ("P_threshold", "S_threshold", "detection_threshold")
                   if getattr(args, k) is not None}
+        early = bool(args.early_picks or args.low_latency)
+        stride = args.stride if args.stride is not None else (5.0 if args.low_latency else None)
         picker = RealtimePicker(model, csv_path=out, plot_dir=args.plot_dir, band_priority=args.channels,
+                                stride=stride, early_picks=early,
                                 plot_interval=args.plot_interval, step=args.step or None,
                                 silence_timeout=args.silence_timeout, reorder_window=args.reorder_window,
                                 batch_wait=args.batch_wait,

@@ -46,6 +46,14 @@ def _shifts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,25,50,75") from None
 
 
+def _shares(text: str) -> dict[str, float]:
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {kind.strip(): float(share) for kind, share in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KIND=SHARE pairs, e.g. cx_event=0.6,ncedc=0.2") from None
+
+
 def add_parser(subparsers) -> None:
     from ..training.run import TRAIN_DEFAULTS as D
 
@@ -116,6 +124,11 @@ def add_parser(subparsers) -> None:
     dist.add_argument(
         "--noise-rate", type=float, default=D["noise_rate"],
         help="share of training windows with added Gaussian noise (it can bury small labelled events)",
+    )  # fmt: skip
+    dist.add_argument(
+        "--source-shares", type=_shares, default=D["source_shares"],
+        help="share of training windows drawn from each kind of item: cx_event (around teacher picks),"
+        " cx_random (anywhere in the continuous data), ncedc (analyst-picked traces)",
     )  # fmt: skip
     dist.add_argument("--pick-sigma", type=int, default=D["pick_sigma"],
                       help="width of the Gaussian P/S labels in samples (analyst and teacher picks)")

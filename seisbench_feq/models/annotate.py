@@ -22,6 +22,7 @@ import logging
 import math
 import numbers
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import obspy
@@ -267,50 +268,65 @@ def _can_chunk(model) -> bool:
     )
 
 
-async def annotate_chunked_async(model, stream: obspy.Stream, copy: bool = True, **kwargs) -> obspy.Stream:
-    """``WaveformModel.annotate_async`` with long segments processed in overlapping pieces.
+@dataclass
+class LabelPiece:
+    """Stacked model output of samples ``[start, stop)`` of one continuous segment.
 
-    Same steps as SeisBench (argument check, copy, merge, ``annotate_stream_pre``/``validate``,
-    grouping); each continuous segment longer than ``chunk_seconds`` (annotate argument, default
-    one hour; 0 disables) is annotated piece by piece (see :func:`_chunk_plan`). The output equals
-    SeisBench's unchunked output up to float rounding; peak memory is one piece's windows and
-    predictions plus the output traces.
-    """
+    ``labels``: (n labels, stop - start) float32, NaN where no window gave a value (blinded edges,
+    failed windows). ``whole``: for a segment annotated in one pass, SeisBench's own stacked
+    output instead (``labels`` is then None). ``last``: the segment's last piece."""
+
+    layout: dict
+    start: int
+    stop: int
+    rate: float | None
+    labels: np.ndarray | None
+    last: bool
+    whole: object = None
+
+
+def prepare_groups(model, stream: obspy.Stream, copy: bool, kwargs: dict):
+    """SeisBench's annotate steps up to the grouping (argument check, copy, merge,
+    ``annotate_stream_pre``/``validate``, grouping): ``(groups, argdict, step, chunk)``, or None
+    where the chunked path does not apply (SeisBench's own ``annotate_async`` is then used)."""
     argdict = model.default_args.copy()
     argdict.update(kwargs)
     check_annotate_args(model, argdict)
     chunk_seconds = argdict.get("chunk_seconds", DEFAULT_CHUNK_SECONDS)
     step = model.in_samples - model._get_overlap(model.in_samples, argdict)
     if not chunk_seconds or not _can_chunk(model) or step <= 0:
-        from seisbench.models import WaveformModel
-
-        return await WaveformModel.annotate_async(model, stream, copy=copy, **kwargs)
+        return None
 
     model._verify_argdict(kwargs)
     if copy:
         stream = _copy_for_annotate(model, stream)
     stream.merge(-1)
-    if len(stream) == 0:
-        return obspy.Stream()
-    model.annotate_stream_pre(stream, argdict)
-    stream = model.annotate_stream_validate(stream, argdict)
-    if len(stream) == 0:
-        return obspy.Stream()
-    sampling_rate = stream[0].stats.sampling_rate
-    argdict["sampling_rate"] = sampling_rate
-    comp_dict, _ = model._build_comp_dict(
-        stream, model._argdict_get_with_default(argdict, "flexible_horizontal_components")
-    )
-    groups = model._grouping.group_stream(
-        stream,
-        strict=model._argdict_get_with_default(argdict, "strict"),
-        min_length_s=(model.in_samples - 1) / sampling_rate,
-        comp_dict=comp_dict,
-    )
-    del stream  # the groups hold what is still needed
-    chunk = int(round(float(chunk_seconds) * sampling_rate))
+    groups: list = []
+    if len(stream):
+        model.annotate_stream_pre(stream, argdict)
+        stream = model.annotate_stream_validate(stream, argdict)
+    if len(stream):
+        sampling_rate = stream[0].stats.sampling_rate
+        argdict["sampling_rate"] = sampling_rate
+        comp_dict, _ = model._build_comp_dict(
+            stream, model._argdict_get_with_default(argdict, "flexible_horizontal_components")
+        )
+        groups = model._grouping.group_stream(
+            stream,
+            strict=model._argdict_get_with_default(argdict, "strict"),
+            min_length_s=(model.in_samples - 1) / sampling_rate,
+            comp_dict=comp_dict,
+        )
+        chunk = int(round(float(chunk_seconds) * sampling_rate))
+    else:
+        chunk = 0
+    return groups, argdict, step, chunk
 
-    output = obspy.Stream()
+
+async def iter_label_pieces(model, groups: list, argdict: dict, step: int, chunk: int):
+    """The stacked output of each group (continuous segment), piece by piece in time order
+    (:class:`LabelPiece`; see :func:`_chunk_plan`). ``groups`` is consumed as it goes, so that a
+    finished segment's samples can be freed."""
     train_mode = model.training
     model.eval()
     try:
@@ -322,25 +338,53 @@ async def annotate_chunked_async(model, stream: obspy.Stream, copy: bool = True,
             if len(plan) == 1:  # short segment: exactly SeisBench's path
                 stacked = await _stack_piece(model, _piece(layout, 0, layout["n_samples"]), argdict)
                 if stacked is not None:
-                    output += model._predictions_to_stream(stacked)
+                    yield LabelPiece(layout, 0, layout["n_samples"], stacked.sampling_rate, None, True, stacked)
                 continue
-            # One float32 array per label (the output traces themselves), filled piece by piece.
-            labels = np.full((len(model.labels), layout["n_samples"]), np.nan, dtype=np.float32)
-            rate = None
-            for start, stop, core_start, core_stop in plan:
+            for k, (start, stop, core_start, core_stop) in enumerate(plan):
+                labels = np.full((len(model.labels), core_stop - core_start), np.nan, dtype=np.float32)
                 stacked = await _stack_piece(model, _piece(layout, start, stop), argdict)
-                if stacked is None:
-                    continue
-                rate = stacked.sampling_rate
-                core = stacked.data[core_start - start : core_stop - start]
-                labels[:, core_start : core_start + len(core)] = core.T
-                del stacked, core
-                _release_freed_memory()
-            if rate is not None:
-                output += _label_traces(model, layout, labels, rate)
+                rate = None
+                if stacked is not None:
+                    rate = stacked.sampling_rate
+                    core = stacked.data[core_start - start : core_stop - start]
+                    labels[:, : len(core)] = core.T
+                    del stacked, core
+                    _release_freed_memory()
+                yield LabelPiece(layout, core_start, core_stop, rate, labels, k == len(plan) - 1)
     finally:
         if train_mode:
             model.train()
+
+
+async def annotate_chunked_async(model, stream: obspy.Stream, copy: bool = True, **kwargs) -> obspy.Stream:
+    """``WaveformModel.annotate_async`` with long segments processed in overlapping pieces.
+
+    Same steps as SeisBench (:func:`prepare_groups`); each continuous segment longer than
+    ``chunk_seconds`` (annotate argument, default half an hour; 0 disables) is annotated piece by
+    piece (:func:`iter_label_pieces`). The output equals SeisBench's unchunked output up to float
+    rounding; peak memory is one piece's windows and predictions plus the output traces.
+    """
+    prepared = prepare_groups(model, stream, copy, kwargs)
+    if prepared is None:
+        from seisbench.models import WaveformModel
+
+        return await WaveformModel.annotate_async(model, stream, copy=copy, **kwargs)
+    groups, argdict, step, chunk = prepared
+    del stream  # the groups hold what is still needed
+
+    output = obspy.Stream()
+    labels, rate = None, None
+    async for piece in iter_label_pieces(model, groups, argdict, step, chunk):
+        if piece.whole is not None:
+            output += model._predictions_to_stream(piece.whole)
+            continue
+        if piece.start == 0:  # one float32 array per label (the output traces), filled piece by piece
+            labels = np.full((len(model.labels), piece.layout["n_samples"]), np.nan, dtype=np.float32)
+            rate = None
+        labels[:, piece.start : piece.stop] = piece.labels
+        rate = piece.rate or rate
+        if piece.last and rate is not None:
+            output += _label_traces(model, piece.layout, labels, rate)
     return output
 
 

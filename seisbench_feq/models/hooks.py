@@ -21,6 +21,7 @@ from seisbench.models import EQTransformer, WaveformModel
 
 from . import picking
 from .annotate import DEFAULT_CHUNK_SECONDS, annotate_chunked_async, check_uncertainty_samples, pick_uncertainties
+from .streamed_classify import classify_streamed_async
 from .preprocessing import clean_stream, preprocess_windows, warn_incomplete_instruments
 
 __all__ = ["PickerHooks", "log_hook_errors"]
@@ -110,7 +111,10 @@ class PickerHooks:
 
     async def classify_async(self, stream: obspy.Stream, **kwargs) -> sbu.ClassifyOutput:
         samples = check_uncertainty_samples(kwargs.pop("uncertainty_samples", 0))  # before any work
-        output = await super().classify_async(stream, **kwargs)
+        # SeisBench's classify_async, with the picks extracted piece by piece (streamed_classify)
+        argdict = {**self.default_args, **kwargs}
+        stream = self.classify_stream_pre(stream, argdict)
+        output = await classify_streamed_async(self, stream, argdict)
         if samples and output.picks:
             pick_uncertainties(self, stream, output.picks, samples, **kwargs)
         return output

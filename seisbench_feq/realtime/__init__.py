@@ -14,6 +14,7 @@ The stages, one module each:
   :class:`~.buffers.Planner` of model windows;
 - :mod:`.direct`: the model on window arrays, each window once, and the stacking;
 - :mod:`.finality`: the final annotation buffer and which picks in it are final;
+- :mod:`.early`: the low-latency picks from samples that are not final yet;
 - :mod:`.outputs`: the picks CSV (the package's pick table plus latencies), QuakeML, figures;
 - :mod:`.picker`: :class:`RealtimePicker`, which ties them together.
 
@@ -36,6 +37,12 @@ are the model's annotate arguments, ``stride = in - overlap``):
 * **Late records** are held back (up to ``reorder_window`` s of data per channel) until the
   missing record arrives; a gap given up, and every record arriving after that, is logged at
   WARNING with its span.
+
+**Low latency** (:mod:`.early`, ``stride=5.0, early_picks=True``): after each model call the
+windows run so far are also stacked over the samples that are not final yet, and picks whose
+trigger has switched off there are emitted at once (``RealtimePick.early``); a final pick whose
+trigger overlaps an early one is not emitted again. Early picks may differ slightly from
+``classify``'s (fewer windows stacked); each is still emitted once.
 
 Known, bounded differences from ``classify`` on the same data: a station that goes silent for
 longer than ``silence_timeout`` and then resumes without a gap starts a new segment: picks within

@@ -185,6 +185,8 @@ class Station:
     # kept (by first sample) while they still overlap samples that are not final
     direct: bool = False
     preds: dict = field(default_factory=dict)  # window start -> (win, labels) float32, blinded
+    # early mode: (phase, trigger on, trigger off, peak) POSIX s of the picks emitted early
+    early_triggers: collections.deque = field(default_factory=collections.deque)
 
     def time(self, index: float) -> UTCDateTime:
         return self.anchor + index / self.sampling_rate

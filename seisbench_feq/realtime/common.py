@@ -44,6 +44,11 @@ class RealtimePick:
     model_s: float
     model: str = ""
     channel: str = ""  # the channel the pick is on: P on the vertical, S on a horizontal
+    #: emitted early (low-latency mode), from the windows run so far, before its samples were final
+    early: bool = False
+    #: data time of the sample whose arrival made the pick visible (the end of the window that
+    #: made it final, or for an early pick the newest window's end); None if unknown
+    data_end: UTCDateTime | None = None
 
     @property
     def latency_s(self) -> float:

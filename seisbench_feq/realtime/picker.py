@@ -15,6 +15,7 @@ import numpy as np
 import obspy
 
 from . import direct as direct_path
+from . import early as early_mode
 from . import finality
 from .buffers import ChannelRing, Job, Planner, Station, arrival_of, station_stream
 from .ingest import Ingest
@@ -74,6 +75,9 @@ class RealtimePicker:
     :param direct: run the model on window arrays, each window once, batched over stations
         (:mod:`.direct`; the same annotations as ``annotate``, at a fraction of its cost) where the
         model and the station's rate allow it; False: ``annotate`` on every call (the reference).
+    :param stride: seconds between window starts (``overlap = in_samples - stride x rate``).
+    :param early_picks: low latency (:mod:`.early`, direct path only): picks also from the windows
+        run so far, emitted before their samples are final (``RealtimePick.early``); still once.
     :param annotate_kwargs: passed to ``annotate`` and ``classify_aggregate`` like ``classify``'s
         keyword arguments (e.g. ``P_threshold=0.2``, ``overlap=4000``).
     """
@@ -84,7 +88,7 @@ class RealtimePicker:
                  step: float | None = None, silence_timeout: float = 120.0, max_component_lag: float = 30.0,
                  reorder_window: float = 30.0, history: float = 300.0, dedupe_tolerance: float = 0.2,
                  batch_stations: int = 64, batch_wait: float = 1.0, weights: str = "", band_priority=None,
-                 direct: bool = True,
+                 direct: bool = True, stride: float | None = None, early_picks: bool = False,
                  **annotate_kwargs):
         if getattr(model, "output_type", None) != "array":
             raise RealtimeError(f"{type(model).__name__}: real-time picking needs an array-output WaveformModel")
@@ -97,6 +101,8 @@ class RealtimePicker:
             raise RealtimeError(f"step must be > 0 seconds, got {step!r}")
         if int(batch_stations) < 1:
             raise RealtimeError(f"batch_stations must be >= 1, got {batch_stations!r}")
+        if stride is not None:
+            annotate_kwargs = {**annotate_kwargs, "overlap": early_mode.stride_overlap(model, stride, annotate_kwargs)}
         self.model = model
         self.model_label = getattr(model, "name", type(model).__name__)
         self.callback = callback
@@ -114,6 +120,14 @@ class RealtimePicker:
         if direct and reason:
             logger.info("%s: the model runs through annotate (%s)", self.model_label, reason)
         self.direct = reason is None
+        if early_picks and not self.direct:
+            raise RealtimeError(f"early_picks needs the direct path, which {self.model_label} cannot use "
+                                f"({reason}); run without early picks")
+        self.early_picks = bool(early_picks)
+        if stride is not None and self.in_samples - self.pre_model - self.post_model < self.stride_model:
+            raise RealtimeError(f"stride {self.stride_model} samples is longer than the unblinded part of a "
+                                f"window ({self.in_samples - self.pre_model - self.post_model} samples): "
+                                "samples between windows would get no annotation")
         self._stacking = str(model._argdict_get_with_default(self.argdict, "stacking")).lower()
         if self._stacking not in ("max", "avg"):  # SeisBench's _stack_options
             raise RealtimeError(f"stacking={self._stacking!r}: expected 'max' or 'avg'")
@@ -140,6 +154,8 @@ class RealtimePicker:
         self.quakeml_dir = None
         self.csv = PickCSV(csv_path, weights) if csv_path else None
         self.picks: list[RealtimePick] = []
+        #: (station, phase, early peak, final peak) of early picks their final samples confirmed
+        self.early_revisions: list[tuple[str, str, float | None, float]] = []
         self.silence_flushed: dict[str, float] = {}  # station -> wall time of its last silence flush
         self.events_written: list[Path] = []
         self.stats = collections.Counter()
@@ -195,6 +211,8 @@ class RealtimePicker:
                 net, sta, loc = station.key.split(".")
                 finality.append_annotations(station, annotations.select(network=net, station=sta, location=loc), job)
             self._emit_final(station, job, started)
+            if self.early_picks:
+                self._emit_early(station, job, started)
         self.stats["model_seconds"] += time.time() - started
 
     def _run_direct(self, jobs: list[Job]) -> list[dict[str, np.ndarray]]:
@@ -258,6 +276,11 @@ class RealtimePicker:
             return
         picks, detections, triggers = finality.final_items(self.model, self.argdict, station, job,
                                                            self.dedupe_tolerance)
+        if station.early_triggers:  # emitted early already: not again (each pick once)
+            picks, confirmed = early_mode.split_confirmed(station, picks)
+            self.early_revisions += confirmed
+            station.emitted.extend((phase, final) for _, phase, _, final in confirmed)
+            self.stats["early_confirmed"] += len(confirmed)
         for pick in picks:
             self._emit(station, pick, job, model_start)
         self.stats["detections"] += len(detections)
@@ -270,7 +293,19 @@ class RealtimePicker:
             kept = station.final_end - station.ann_start
             self.stats["max_annotation_samples"] = max(self.stats["max_annotation_samples"], kept)
         finality.forget_emitted(station, self.history)
+        early_mode.forget(station, self.history)
         self._trim_rings(station)
+
+    def _emit_early(self, station: Station, job: Job, model_start: float) -> None:
+        if job.windows is None:  # a station at another rate goes through annotate: final picks only
+            self._warn_once(f"early:{station.key}", "%s: not at the model's rate (annotate path): its picks "
+                            "are emitted when final, not early", station.key)
+            return
+        for pick in early_mode.early_picks(self.model, self.argdict, station, job, self._label_names,
+                                           self._stacking, self.dedupe_tolerance):
+            early_mode.remember(station, pick)
+            self.stats["early_picks"] += 1
+            self._emit(station, pick, job, model_start, early=True)
 
     def _trim_rings(self, station: Station) -> None:
         # the next call re-reads the last window(s) before o_next (context, or the end-aligned window)
@@ -302,30 +337,35 @@ class RealtimePicker:
             channel = phase_channel(station.band or "", pick.phase) or ""
         return m, channel
 
-    def _emit(self, station: Station, pick, job: Job, model_start: float) -> None:
+    def _emit(self, station: Station, pick, job: Job, model_start: float, early: bool = False) -> None:
         now = time.time()
         pick_wall = self._source.data_time_to_wall(pick.peak_time) if self._source is not None else None
-        ready = job.ready_wall
+        ready = job.ready_wall  # early: the newest window's end made it visible
+        data_end = job.slice_end
         with self._lock:
             if pick_wall is None:
                 pick_wall = arrival_of(station, station.index(pick.peak_time) + 1)
-            if not job.flush:
+            if not job.flush and not early:
                 # the data that made this pick final: the grid window whose blinded start passes it
                 end_index = station.index(pick.end_time)
                 k = max(0, math.ceil((end_index + 2 - station.stride - station.pre - job.grid_start) / station.stride))
                 ready = arrival_of(station, job.grid_start + k * station.stride + station.win)
+                data_end = min(job.grid_start + k * station.stride + station.win, job.slice_end)
         ready = min(max(ready, min(pick_wall, model_start)), model_start)
         measures, channel = self._measure(station, pick)
         realtime_pick = RealtimePick(
             trace_id=pick.trace_id, phase=pick.phase, time=pick.peak_time,
             probability=float(pick.peak_value), start_time=pick.start_time, end_time=pick.end_time,
             emitted_at=now, wait_data_s=ready - pick_wall, queue_s=model_start - ready,
-            model_s=now - model_start, model=self.model_label, channel=channel)
-        station.emitted.append((pick.phase, pick.peak_time.timestamp))
+            model_s=now - model_start, model=self.model_label, channel=channel, early=early,
+            data_end=station.time(data_end))
+        if not early:  # early picks are remembered by their trigger (early_mode.remember)
+            station.emitted.append((pick.phase, pick.peak_time.timestamp))
         self.picks.append(realtime_pick)
         self.stats["picks"] += 1
-        logger.info("pick %s %s %s p=%.2f latency %.1f s (data %.1f, queue %.1f, model %.2f)",
-                    realtime_pick.trace_id, realtime_pick.phase, realtime_pick.time, realtime_pick.probability,
+        logger.info("%s %s %s %s p=%.2f latency %.1f s (data %.1f, queue %.1f, model %.2f)",
+                    "early pick" if early else "pick", realtime_pick.trace_id, realtime_pick.phase,
+                    realtime_pick.time, realtime_pick.probability,
                     realtime_pick.latency_s, realtime_pick.wait_data_s, realtime_pick.queue_s,
                     realtime_pick.model_s)
         if self.csv is not None:

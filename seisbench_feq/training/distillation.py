@@ -250,6 +250,7 @@ def build_distillation_sources(
     grid_rule: str = "average",
     mask_conflicts: bool = False,
     pick_sigma: int = PICK_SIGMA,
+    shares: dict | None = None,
 ):
     """Training and validation sources for distillation, plus a record of the data used.
 
@@ -382,7 +383,7 @@ def build_distillation_sources(
     if len(val) > max_val_windows:  # a fixed, evenly spread subset keeps validation cheap
         val = val.iloc[np.linspace(0, len(val) - 1, max_val_windows).astype(int)]
     counts = train["kind"].value_counts()
-    shares = {k: v for k, v in DISTILL_SHARES.items() if k in counts}
+    shares = {k: v for k, v in (shares or DISTILL_SHARES).items() if k in counts}
     norm = sum(shares.values())
     weights = train["kind"].map(lambda k: shares[k] / norm / counts[k]).to_numpy()
     info["train_items"] = {k: int(v) for k, v in counts.items()}

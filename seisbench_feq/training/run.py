@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .augmentations import PICK_SIGMA
+from .distillation import DISTILL_SHARES
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ TRAIN_DEFAULTS: dict = {
     "mask_ps_conflicts": False,
     "physical_augmentations": False,
     "noise_rate": 0.3,
+    "source_shares": DISTILL_SHARES,
     "pick_sigma": PICK_SIGMA,
     "out": "local/runs/train",
     "batch_size": 16,
@@ -214,6 +216,9 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
         raise ValueError(f"pick_sigma={args.pick_sigma!r}: expected at least 1 sample")
     if not 0 <= args.noise_rate <= 1:
         raise ValueError(f"noise_rate={args.noise_rate!r}: expected a share between 0 and 1")
+    unknown = set(args.source_shares) - set(DISTILL_SHARES)
+    if unknown or not all(v >= 0 for v in args.source_shares.values()) or not sum(args.source_shares.values()) > 0:
+        raise ValueError(f"source_shares={args.source_shares!r}: expected non-negative shares of {sorted(DISTILL_SHARES)}")
     if args.select_on == "score" and not (args.distill and args.cx_root):
         raise ValueError("select_on='score' needs distill with cx_root (the continuous validation tail)")
     if args.distill:
@@ -230,6 +235,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             grid_rule=args.teacher_grid_rule,
             mask_conflicts=args.mask_ps_conflicts,
             pick_sigma=args.pick_sigma,
+            shares=args.source_shares,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
         train_gen = sbg.GenericGenerator(train_source)
@@ -389,6 +395,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     **({"mask_ps_conflicts": True} if args.mask_ps_conflicts else {}),
                     "physical_augmentations": bool(args.physical_augmentations),
                     "noise_rate": args.noise_rate,
+                    **({"source_shares": args.source_shares} if args.distill else {}),
                 },
                 **summary,
             },
