@@ -263,7 +263,8 @@ def test_cli_on_a_local_dask_cluster_gives_the_same_output_as_in_process(tmp_pat
         pd.read_parquet(tmp_path / "local" / "detections.parquet").drop(columns="weights"))
     workers = {json.loads(line)["worker"]
                for line in (tmp_path / "dask" / "manifest.jsonl").read_text().splitlines()}
-    assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
+    # units ran in the worker processes (Dask may give all four short units to one of the two)
+    assert 1 <= len(workers) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
 
 
 @pytest.mark.timeout(240)
