@@ -125,6 +125,13 @@ def stride_overlap(model, stride: float, annotate_kwargs: dict) -> int:
     return overlap
 
 
+def check_unblinded(in_samples: int, stride: int, pre: int, post: int) -> None:
+    """A stride longer than a window's unblinded part would leave samples without annotation."""
+    if in_samples - pre - post < stride:
+        raise RealtimeError(f"stride {stride} samples is longer than the unblinded part of a window "
+                            f"({in_samples - pre - post} samples): samples between windows would get no annotation")
+
+
 def split_confirmed(station: Station, picks: list) -> tuple[list, list]:
     """Final picks -> (those to emit, ``(station, phase, early peak, final peak)`` of those whose
     trigger overlaps an early pick's: emitted already)."""

@@ -124,10 +124,8 @@ class RealtimePicker:
             raise RealtimeError(f"early_picks needs the direct path, which {self.model_label} cannot use "
                                 f"({reason}); run without early picks")
         self.early_picks = bool(early_picks)
-        if stride is not None and self.in_samples - self.pre_model - self.post_model < self.stride_model:
-            raise RealtimeError(f"stride {self.stride_model} samples is longer than the unblinded part of a "
-                                f"window ({self.in_samples - self.pre_model - self.post_model} samples): "
-                                "samples between windows would get no annotation")
+        if stride is not None:
+            early_mode.check_unblinded(self.in_samples, self.stride_model, self.pre_model, self.post_model)
         self._stacking = str(model._argdict_get_with_default(self.argdict, "stacking")).lower()
         if self._stacking not in ("max", "avg"):  # SeisBench's _stack_options
             raise RealtimeError(f"stacking={self._stacking!r}: expected 'max' or 'avg'")
@@ -168,15 +166,6 @@ class RealtimePicker:
         self._source: Source | None = None
         self._stop = threading.Event()
         self.ingest = Ingest(self)
-
-    # older attribute names
-    @property
-    def windows_per_call(self) -> int:
-        return self.planner.windows_per_call
-
-    @property
-    def context_windows(self) -> int:
-        return self.planner.context_windows
 
     def _warn_once(self, key: str, message: str, *args) -> None:
         """Each distinct warning once per trace and job; the count is in the summary."""
