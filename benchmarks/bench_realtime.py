@@ -242,7 +242,8 @@ def cpu_per_window(args) -> int:
 
 
 def latency_run(args, model, archive: Path, stride: float | None, early: bool) -> tuple[list, RealtimePicker]:
-    picker = RealtimePicker(model, stride=stride, early_picks=early, batch_wait=args.batch_wait)
+    picker = RealtimePicker(model, stride=stride, early_picks=early, batch_wait=args.batch_wait,
+                            early_blinding=args.early_blinding if early else None)
     picks = picker.run(ReplaySource(archive, speed=args.speed))
     window = model.in_samples / model.sampling_rate
     lo, hi = T0 + window, T0 + args.minutes * 60 - window
@@ -305,6 +306,8 @@ def main() -> int:
     parser.add_argument("--early-picks", action="store_true", help="--latency: the low-latency early picks")
     parser.add_argument("--compare-default", action="store_true",
                         help="--latency: then the default mode (final picks only) on the same replay")
+    parser.add_argument("--early-blinding", type=float, default=None,
+                        help="--latency: seconds of window end blinding for early picks (default: the model's)")
     parser.add_argument("--batch-wait", type=float, default=1.0, help="--latency: RealtimePicker batch_wait")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

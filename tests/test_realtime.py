@@ -655,12 +655,11 @@ EARLY_STRIDE = 5.0
 EARLY_TOLERANCE = 0.35
 
 
-@pytest.fixture(scope="module")
-def early_run(fast_model):
+def _early_run(fast_model, **kwargs):
     """Both stations, 10 min of real data driven record by record (as they arrive) in early mode;
     each emitted pick with the data time fed so far, and classify's picks on the same grid."""
     records = _records(T0, 10 * 60, STREAMS)
-    picker = RealtimePicker(fast_model, stride=EARLY_STRIDE, early_picks=True)
+    picker = RealtimePicker(fast_model, stride=EARLY_STRIDE, early_picks=True, **kwargs)
     fed = {"until": None}
     emitted = []
     picker.callback = lambda pick: emitted.append((pick, fed["until"]))
@@ -674,6 +673,18 @@ def early_run(fast_model):
     overlap = fast_model.in_samples - int(EARLY_STRIDE * fast_model.sampling_rate)
     reference = fast_model.classify(stream.copy(), overlap=overlap).picks
     return stream, picker, emitted, reference
+
+
+@pytest.fixture(scope="module")
+def early_run(fast_model):
+    return _early_run(fast_model)
+
+
+def _final_peaks(picker) -> list[tuple[str, str, float]]:
+    """Every final pick of a run: those emitted when final and those an early pick had emitted."""
+    finals = [(p.trace_id, p.phase, p.time.timestamp) for p in picker.picks if not p.early]
+    finals += [(station, phase, final) for station, phase, _, final in picker.early_revisions]
+    return sorted(finals)
 
 
 @pytest.mark.timeout(2400)  # the first one also builds the early run (long on a loaded CPU)
@@ -743,6 +754,25 @@ def test_early_picks_are_visible_one_stride_after_the_trigger_off(fast_model, ea
     assert sum(x <= bound for x in after_off) >= 0.5 * len(after_off), sorted(after_off)
 
 
+@pytest.mark.timeout(2400)
+def test_short_early_blinding_makes_picks_earlier_and_keeps_the_final_ones(fast_model, early_run):
+    """``early_blinding=2``: the windows run with 2 s of end blinding for the early picks, the final
+    samples are blinded as the model's 5 s again, so every final pick is the default run's; early
+    picks come out sooner (none from the last 2 s of a window)."""
+    _, default_picker, default_emitted, _ = early_run
+    _, picker, emitted, _ = _early_run(fast_model, early_blinding=2.0)
+    _assert_once(picker.picks)
+    a, b = _final_peaks(default_picker), _final_peaks(picker)
+    assert len(a) == len(b) >= 15
+    assert all(x[:2] == y[:2] and abs(x[2] - y[2]) <= 0.01 for x, y in zip(a, b)), (a, b)
+
+    def data_latency(runs):
+        return np.median([p.data_end - p.time for p, _ in runs if p.early and p.time >= T0 + 60])
+
+    assert all(p.data_end - p.end_time >= 2.0 for p, _ in emitted if p.early)
+    assert data_latency(emitted) <= data_latency(default_emitted) - 2.0
+
+
 def test_stride_and_early_pick_options_are_checked():
     from seisbench_feq import FEQ3
     from seisbench_feq.realtime import RealtimeError
@@ -760,10 +790,17 @@ def test_stride_and_early_pick_options_are_checked():
     with pytest.raises(RealtimeError, match="direct path"):
         RealtimePicker(model, early_picks=True, direct=False)
     assert not RealtimePicker(model).early_picks  # off by default
+    with pytest.raises(RealtimeError, match="needs early_picks"):
+        RealtimePicker(model, early_blinding=2.0)
+    with pytest.raises(RealtimeError, match="early_blinding=6"):
+        RealtimePicker(model, stride=5.0, early_picks=True, early_blinding=6.0)
+    early = RealtimePicker(model, stride=5.0, early_picks=True, early_blinding=2.0).early
+    assert early.post == 200 and early.forward_argdict["blinding"] == (500, 200)
 
 
 def test_cli_low_latency_flags(monkeypatch):
-    """--low-latency is --early-picks with a 5 s stride; --stride overrides it; the picker gets both."""
+    """--low-latency is --early-picks with a 5 s stride and 2 s early blinding; --stride and
+    --early-blinding override them; the picker gets all three."""
     import seisbench_feq.cli as cli
     import seisbench_feq.realtime as realtime
 
@@ -778,11 +815,12 @@ def test_cli_low_latency_flags(monkeypatch):
 
     monkeypatch.setattr(realtime, "RealtimePicker", fake_picker)
     base = ["realtime", "--replay", str(_sds()), "--stations", "CX.PB01", "--model", "feq3", "--weights", "random"]
-    for extra, expected in (([], (None, False)), (["--low-latency"], (5.0, True)),
-                            (["--low-latency", "--stride", "2.5"], (2.5, True)),
-                            (["--stride", "10"], (10.0, False)), (["--early-picks"], (None, True))):
+    for extra, expected in (([], (None, False, None)), (["--low-latency"], (5.0, True, 2.0)),
+                            (["--low-latency", "--stride", "2.5"], (2.5, True, 2.0)),
+                            (["--low-latency", "--early-blinding", "1"], (5.0, True, 1.0)),
+                            (["--stride", "10"], (10.0, False, None)), (["--early-picks"], (None, True, None))):
         seen.clear()
         args = cli.build_parser().parse_args(base + extra)
         with pytest.raises(Stop):
             args.func(args)
-        assert (seen["stride"], seen["early_picks"]) == expected, extra
+        assert (seen["stride"], seen["early_picks"], seen["early_blinding"]) == expected, extra

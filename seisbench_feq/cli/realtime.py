@@ -52,8 +52,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--early-picks", action="store_true",
                         help="low latency: emit picks from the windows run so far, before their "
                              "samples are final (each pick still once; may differ slightly from classify's)")
+    parser.add_argument("--early-blinding", type=non_negative_float,
+                        help="seconds blinded at a window's end for early picks (default: the model's, 5 s"
+                             " for FEQ3; --low-latency: 2); final picks keep the model's")
     parser.add_argument("--low-latency", action="store_true",
-                        help="shorthand for --early-picks --stride 5 (unless --stride is given)")
+                        help="shorthand for --early-picks --stride 5 --early-blinding 2 (unless given)")
     parser.add_argument("--duration", type=non_negative_float, help="stop after this many wall seconds")
     parser.add_argument("--batch-wait", type=non_negative_float, default=1.0,
                         help="seconds a station with a window ready waits for others, so that they "
@@ -120,8 +123,9 @@ def run(args) -> int:
                   if getattr(args, k) is not None}
         early = bool(args.early_picks or args.low_latency)
         stride = args.stride if args.stride is not None else (5.0 if args.low_latency else None)
+        blinding = args.early_blinding if args.early_blinding is not None else (2.0 if args.low_latency else None)
         picker = RealtimePicker(model, csv_path=out, plot_dir=args.plot_dir, band_priority=args.channels,
-                                stride=stride, early_picks=early,
+                                stride=stride, early_picks=early, early_blinding=blinding,
                                 plot_interval=args.plot_interval, step=args.step or None,
                                 silence_timeout=args.silence_timeout, reorder_window=args.reorder_window,
                                 batch_wait=args.batch_wait,

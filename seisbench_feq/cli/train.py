@@ -80,6 +80,12 @@ def add_parser(subparsers) -> None:
         default=D["teacher"],
         help="Keras EqT .h5, a SeisBench EQTransformer weights prefix, 'random-eqtransformer' or a model spec",
     )
+    dist.add_argument(
+        "--reference-teacher",
+        default=D["reference_teacher"],
+        help="teacher of the grid-free continuous reference that --select-on score compares with"
+        " (default: --teacher); keep the evaluation's reference when trying another teacher",
+    )
     dist.add_argument("--cx-root", help="folder of continuous MiniSEED (any layout) for teacher labels")
     dist.add_argument("--ncedc-root", help="NCEDC npz folder; only its train stations are used")
     dist.add_argument(

@@ -115,10 +115,12 @@ def run_windows(model, jobs: list[Job], argdict: dict, batch_size: int, on_error
     return results, calls
 
 
-def stack_final(station: Station, a: int, b: int, n_labels: int, method: str) -> np.ndarray:
+def stack_final(station: Station, a: int, b: int, n_labels: int, method: str,
+                blind_from: int | None = None) -> np.ndarray:
     """Samples ``[a, b)`` of the stacked outputs kept for ``station``, (b - a, labels) float32 (NaN
     where no window sees a sample), with SeisBench's ``stack_windows`` over the windows that
-    overlap them, in start order as ``annotate`` stacks them."""
+    overlap them, in start order as ``annotate`` stacks them. ``blind_from``: window samples from
+    there on are NaN (the model's blinding, where the windows were run with less of it)."""
     from seisbench.ext import stack_windows
 
     out = np.full((max(b - a, 0), n_labels), np.nan, dtype=np.float32)
@@ -127,6 +129,8 @@ def stack_final(station: Station, a: int, b: int, n_labels: int, method: str) ->
         return out
     base = starts[0]
     windows = np.stack([station.preds[s] for s in starts])
+    if blind_from is not None:
+        windows[:, blind_from:] = np.nan
     stacked = stack_windows(windows=windows, offsets=np.array(starts, dtype=np.intp) - base, method=method)
     lo, hi = max(a, base), min(b, base + len(stacked))
     if hi > lo:

@@ -18,6 +18,8 @@ pick of the same phase whose trigger overlaps one of them (or whose peak lies wi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import obspy
 
@@ -26,18 +28,45 @@ from .buffers import Job, Station
 from .common import RealtimeError
 
 
-def provisional_end(station: Station, job: Job) -> int:
-    """First sample after the provisional part: the newest window's end minus its post blinding."""
-    return max(job.starts) + station.win - station.post if job.starts else station.final_end
+@dataclass(frozen=True)
+class EarlySettings:
+    """How windows run for early picks: the forward pass blinds ``post`` samples at the window end
+    (fewer than the model's, so early picks see closer to the newest data); final stacking blinds
+    again from window sample ``final_blind_from`` so final picks stay ``classify``'s."""
+
+    forward_argdict: dict
+    post: int
+    final_blind_from: int | None  # None: the windows ran with the model's own blinding
 
 
-def early_picks(model, argdict: dict, station: Station, job: Job, label_names: list[str],
-                stacking: str, dedupe_tolerance: float) -> list:
+def early_settings(argdict: dict, geometry: tuple[int, int, int, int], early: bool, rate: float,
+                   blinding: float | None = None) -> EarlySettings:
+    """:class:`EarlySettings` from the window ``geometry`` (``in_samples, stride, pre, post``) and
+    the window end blinding of early picks (seconds; None: the model's)."""
+    in_samples, _, pre, post = geometry
+    if blinding is None:
+        return EarlySettings(argdict, post, None)
+    if not early:
+        raise RealtimeError("early_blinding needs early_picks=True")
+    early_post = int(round(blinding * rate))
+    if not 0 <= early_post <= post:
+        raise RealtimeError(f"early_blinding={blinding!r} s: expected 0 to the model's window end blinding "
+                            f"({post / rate:g} s)")
+    return EarlySettings({**argdict, "blinding": (pre, early_post)}, early_post, in_samples - post)
+
+
+def provisional_end(station: Station, job: Job, post: int) -> int:
+    """First sample after the provisional part: the newest window's end minus ``post`` blinding."""
+    return max(job.starts) + station.win - post if job.starts else station.final_end
+
+
+def early_picks(model, argdict: dict, settings: EarlySettings, station: Station, job: Job,
+                label_names: list[str], stacking: str, dedupe_tolerance: float) -> list:
     """Picks (SeisBench ``Pick``) whose trigger switched off in the station's provisional samples
     and that were emitted neither early nor final yet, in time order."""
     if job.flush or not job.starts or not station.preds:
         return []
-    a, b = station.final_end, provisional_end(station, job)
+    a, b = station.final_end, provisional_end(station, job, settings.post)
     if b - a < 2:
         return []
     provisional = direct_path.stack_final(station, a, b, len(label_names), stacking)

@@ -14,13 +14,10 @@ from typing import Any, Callable
 import numpy as np
 import obspy
 
-from . import direct as direct_path
-from . import early as early_mode
-from . import finality
+from . import direct as direct_path, early as early_mode, finality
 from .buffers import ChannelRing, Job, Planner, Station, arrival_of, station_stream
 from .ingest import Ingest
 from .common import COMPONENT_ALIASES, RealtimeError, RealtimePick
-from .direct import direct_reason
 from .outputs import PickCSV, plot_station
 from .sources import Source
 
@@ -78,6 +75,8 @@ class RealtimePicker:
     :param stride: seconds between window starts (``overlap = in_samples - stride x rate``).
     :param early_picks: low latency (:mod:`.early`, direct path only): picks also from the windows
         run so far, emitted before their samples are final (``RealtimePick.early``); still once.
+    :param early_blinding: seconds blinded at a window's end for early picks (None: the model's
+        blinding, 5 s for FEQ3); final picks keep the model's.
     :param annotate_kwargs: passed to ``annotate`` and ``classify_aggregate`` like ``classify``'s
         keyword arguments (e.g. ``P_threshold=0.2``, ``overlap=4000``).
     """
@@ -89,6 +88,7 @@ class RealtimePicker:
                  reorder_window: float = 30.0, history: float = 300.0, dedupe_tolerance: float = 0.2,
                  batch_stations: int = 64, batch_wait: float = 1.0, weights: str = "", band_priority=None,
                  direct: bool = True, stride: float | None = None, early_picks: bool = False,
+                 early_blinding: float | None = None,
                  **annotate_kwargs):
         if getattr(model, "output_type", None) != "array":
             raise RealtimeError(f"{type(model).__name__}: real-time picking needs an array-output WaveformModel")
@@ -116,7 +116,7 @@ class RealtimePicker:
         self._comp_order = model.component_order or "ZNE"
         self.planner = Planner(max(1, round((step or stride_s) / stride_s)), context, max_component_lag,
                                self._comp_order)
-        reason = direct_reason(model) if direct else "direct=False"
+        reason = direct_path.direct_reason(model) if direct else "direct=False"
         if direct and reason:
             logger.info("%s: the model runs through annotate (%s)", self.model_label, reason)
         self.direct = reason is None
@@ -124,6 +124,8 @@ class RealtimePicker:
             raise RealtimeError(f"early_picks needs the direct path, which {self.model_label} cannot use "
                                 f"({reason}); run without early picks")
         self.early_picks = bool(early_picks)
+        self.early = early_mode.early_settings(self.argdict, window_geometry(model, self.argdict), early_picks,
+                                               self.model_rate or 100.0, early_blinding)
         if stride is not None:
             early_mode.check_unblinded(self.in_samples, self.stride_model, self.pre_model, self.post_model)
         self._stacking = str(model._argdict_get_with_default(self.argdict, "stacking")).lower()
@@ -212,7 +214,7 @@ class RealtimePicker:
             logger.error("%s: the model failed on %s - %s (%s); these windows are skipped", job.station.key,
                          job.station.time(job.slice_start), job.station.time(job.slice_end), exc)
 
-        outputs, calls = direct_path.run_windows(self.model, jobs, self.argdict, self._batch_size, failed)
+        outputs, calls = direct_path.run_windows(self.model, jobs, self.early.forward_argdict, self._batch_size, failed)
         self.stats["model_calls"] += calls
         blocks = []
         for job, out in zip(jobs, outputs):
@@ -221,8 +223,8 @@ class RealtimePicker:
                 out = np.full((len(job.starts), station.win, len(self._label_names)), np.nan, np.float32)
             for start, pred in zip(job.starts, out):
                 station.preds[start] = pred.copy()  # not a view: the batch is freed
-            stacked = direct_path.stack_final(station, station.final_end, job.new_final,
-                                              len(self._label_names), self._stacking)
+            stacked = direct_path.stack_final(station, station.final_end, job.new_final, len(self._label_names),
+                                              self._stacking, self.early.final_blind_from)
             blocks.append({name: stacked[:, k] for k, name in enumerate(self._label_names)})
             if job.flush:
                 station.preds = {}
@@ -290,8 +292,8 @@ class RealtimePicker:
             self._warn_once(f"early:{station.key}", "%s: not at the model's rate (annotate path): its picks "
                             "are emitted when final, not early", station.key)
             return
-        for pick in early_mode.early_picks(self.model, self.argdict, station, job, self._label_names,
-                                           self._stacking, self.dedupe_tolerance):
+        for pick in early_mode.early_picks(self.model, self.argdict, self.early, station, job,
+                                           self._label_names, self._stacking, self.dedupe_tolerance):
             early_mode.remember(station, pick)
             self.stats["early_picks"] += 1
             self._emit(station, pick, job, model_start, early=True)

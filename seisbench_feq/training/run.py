@@ -116,6 +116,7 @@ TRAIN_DEFAULTS: dict = {
     "stead_test_npy": None,
     "distill": False,
     "teacher": "../shared/weights/eqtransformer_original/EqT_original_model.h5",
+    "reference_teacher": None,
     "cx_root": None,
     "ncedc_root": None,
     "ncedc_test_fraction": 0.5,
@@ -250,7 +251,8 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             val_windows = validation_pick_windows(args.ncedc_root, data_info["ncedc_val_files"])
         if args.select_on == "score":
             tail_validation = continuous_validation(
-                args.cx_root, args.teacher, cache_dir=args.cache_dir, min_samples=args.in_samples
+                args.cx_root, args.reference_teacher or args.teacher, cache_dir=args.cache_dir,
+                min_samples=args.in_samples,
             )
             data_info["continuous_validation_hours"] = round(tail_validation.hours, 2)
         val_gen = sbg.GenericGenerator(val_source)
@@ -393,6 +395,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     "teacher_grid_shifts": list(args.teacher_grid_shifts) if args.distill else None,
                     **({"teacher_grid_rule": args.teacher_grid_rule} if args.teacher_grid_rule != "average" else {}),
                     **({"mask_ps_conflicts": True} if args.mask_ps_conflicts else {}),
+                    **({"reference_teacher": args.reference_teacher} if args.reference_teacher else {}),
                     "physical_augmentations": bool(args.physical_augmentations),
                     "noise_rate": args.noise_rate,
                     **({"source_shares": args.source_shares} if args.distill else {}),
