@@ -5,9 +5,10 @@ whole window after its arrival. In early mode (``RealtimePicker(early_picks=True
 only), after each model call for a station the outputs of the windows run so far (kept in
 ``Station.preds``) are stacked the same way as the final samples (:func:`.direct.stack_final`)
 over the *provisional* samples: from the end of the final buffer up to the newest window's end
-minus its post blinding. The model's own ``classify_aggregate`` runs on the tail of the final
-buffer followed by that provisional part; a pick whose trigger has switched off inside the
-provisional part, and that was not emitted yet, is emitted at once, marked ``early``.
+minus its post blinding (``early_blinding``: fewer seconds than the model's, with the final
+samples blinded as the model's again). The model's own ``classify_aggregate`` runs on the tail
+of the final buffer followed by that provisional part; a pick whose trigger has switched off
+inside the provisional part, and that was not emitted yet, is emitted at once, marked ``early``.
 
 The provisional samples are stacked from fewer windows than the final ones, so an early pick can
 differ slightly from ``classify``'s (or be one that the later windows would not confirm). Each
