@@ -124,8 +124,9 @@ class RealtimePicker:
             raise RealtimeError(f"early_picks needs the direct path, which {self.model_label} cannot use "
                                 f"({reason}); run without early picks")
         self.early_picks = bool(early_picks)
-        self.early = early_mode.early_settings(self.argdict, window_geometry(model, self.argdict), early_picks,
-                                               self.model_rate or 100.0, early_blinding)
+        geometry = (self.in_samples, self.stride_model, self.pre_model, self.post_model)
+        self.early = early_mode.early_settings(self.argdict, geometry, early_picks, self.model_rate or 100.0,
+                                               early_blinding)
         if stride is not None:
             early_mode.check_unblinded(self.in_samples, self.stride_model, self.pre_model, self.post_model)
         self._stacking = str(model._argdict_get_with_default(self.argdict, "stacking")).lower()
