@@ -600,7 +600,37 @@ def test_continuous_scores_on_constructed_picks():
     assert row["P_confirmed_by_reference_pct"] == pytest.approx(100 / 3)
     assert row["noise_hours"] == pytest.approx(600 / 3600)  # the second block has no reference pick
     assert row["noise_picks"] == 2 and row["noise_picks_per_hour"] == pytest.approx(12)
+    assert "reference_P_clear" not in row  # no SNR column: no clear-pick columns
+    clear = score_continuous(picks, reference.assign(snr=[5.0, 1.2]), {key: t0}, {key: (t0, 1200.0)})
+    assert clear["reference_P_clear"] == 1 and clear["reference_P_clear_matched_pct"] == 100
+    assert clear["reference_S_clear"] == 0 and np.isnan(clear["reference_S_clear_matched_pct"])
     assert grid_shifts(8) == [0, 13, 25, 38, 50, 63, 75, 88] and grid_shifts(1) == [0]
+
+
+def test_arrival_snr_separates_an_arrival_from_noise():
+    import obspy
+
+    from seisbench_feq.evaluation.continuous import arrival_snr, band_passed
+
+    rng = np.random.default_rng(0)
+    start = obspy.UTCDateTime("2014-04-01T00:00:00")
+    stream = obspy.Stream()
+    for channel in ("HHZ", "HHN", "HHE"):
+        data = rng.normal(0, 1, 6000)
+        if channel == "HHZ":
+            data[3000:3300] += 8 * np.sin(2 * np.pi * 8 * np.arange(300) / 100)  # a P at 30 s
+        else:
+            data[4000:4300] += 8 * np.sin(2 * np.pi * 5 * np.arange(300) / 100)  # an S at 40 s
+        header = {"network": "CX", "station": "PB01", "location": "", "channel": channel,
+                  "sampling_rate": 100.0, "starttime": start}  # fmt: skip
+        stream += obspy.Trace(data, header)
+    filtered = band_passed(stream)
+    assert arrival_snr(filtered, "CX.PB01.", start + 30, "P") > 4
+    assert arrival_snr(filtered, "CX.PB01.", start + 30, "S") < 2  # the horizontals are quiet at 30 s
+    assert arrival_snr(filtered, "CX.PB01.", start + 40, "S") > 4
+    assert arrival_snr(filtered, "CX.PB01.", start + 15, "P") < 2
+    assert np.isnan(arrival_snr(filtered, "CX.PB01.", start + 2, "P"))  # no noise window before it
+    assert np.isnan(arrival_snr(filtered, "CX.PB02.", start + 30, "P"))  # another station
 
 
 @pytest.mark.timeout(600)
@@ -628,6 +658,12 @@ def test_cli_continuous_check_on_real_hours(tmp_path, capsys):
     assert eqt["P_picks"] > 0 and eqt["P_on_whole_seconds_pct"] > 50  # EqT's grid prior on continuous data
     assert table.loc["FEQ3 (default)", "P_picks"] > 0
     assert table.loc[reference, "reference_P_matched_pct"] == 100  # the reference agrees with itself
+    ref_picks = picks[picks["model"] == reference]
+    assert ref_picks["snr"].notna().all() and picks.loc[picks["model"] != reference, "snr"].isna().all()
+    for phase in ("P", "S"):
+        assert table.loc[reference, f"reference_{phase}_clear"] == (
+            (ref_picks["phase"] == phase) & (ref_picks["snr"] >= 3)
+        ).sum()
     report = (out / "evaluation.md").read_text()
     assert "## Continuous data" in report and "| FEQ3 (default) |" in report
     assert "## Continuous data" in capsys.readouterr().out

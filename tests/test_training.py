@@ -477,6 +477,29 @@ def test_teacher_ps_conflicts_become_unknown():
     assert mask_ps_conflicts(targets[:, :1800])[1] == 0
 
 
+def test_teacher_labels_of_arrivals_that_do_not_show_become_unknown():
+    from seisbench_feq.training.distillation import mask_weak_teacher_picks
+
+    rng = np.random.default_rng(1)
+    n = 9000
+    data = rng.normal(0, 1, (3, n))
+    data[0, 3000:3300] += 8 * np.sin(2 * np.pi * 8 * np.arange(300) / 100)  # a P at sample 3000 (Z)
+    data[1, 4500:4800] += 8 * np.sin(2 * np.pi * 5 * np.arange(300) / 100)  # its S at 4500 (N)
+    t = np.arange(n)
+    targets = np.zeros((3, n), dtype=np.float32)
+    targets[0] = 0.7
+    for row, peak in ((1, 3000), (2, 4500), (1, 6500), (2, 7500), (1, 200)):  # real, real, noise, noise, edge
+        targets[row] = np.maximum(targets[row], np.exp(-0.5 * ((t - peak) / 10) ** 2))
+    masked, count = mask_weak_teacher_picks(targets, data, min_snr=2.0)
+    assert count == 2
+    assert np.isnan(masked[1, 6400:6601]).all() and np.isnan(masked[2, 7400:7601]).all()
+    assert not np.isnan(masked[2, 6400:6601]).any() and not np.isnan(masked[1, 7400:7601]).any()
+    keep = np.ones(n, bool)
+    keep[6400:7601] = False
+    np.testing.assert_array_equal(masked[:, keep], targets[:, keep])  # the real pair and the edge label stay
+    np.testing.assert_array_equal(masked[0], targets[0])
+
+
 @pytest.mark.timeout(600)
 def test_continuous_validation_tail_reference_and_agreement(tmp_path):
     """The continuous validation tail is the part training never sees, its reference is cached as
@@ -502,6 +525,9 @@ def test_continuous_validation_tail_reference_and_agreement(tmp_path):
     assert list(cache.iterdir()) == [csv]
     assert again.reference[["trace_id", "phase"]].equals(tail.reference[["trace_id", "phase"]])
     assert [abs(a - b) < 1e-5 for a, b in zip(again.reference["time"], tail.reference["time"])] == [True] * len(tail.reference)
+    assert "snr" not in pd.read_csv(csv).columns  # recomputed from the data, not cached
+    np.testing.assert_allclose(again.reference["snr"], tail.reference["snr"])
+    assert tail.reference["snr"].notna().any()
 
     feq3 = load_model("feq3")
     whole = {"hour": stream.slice(t0, t0 + 1200)}

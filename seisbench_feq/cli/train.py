@@ -123,6 +123,14 @@ def add_parser(subparsers) -> None:
         " continuous training data, so the student is not taught to fire both",
     )
     dist.add_argument(
+        "--teacher-min-snr",
+        type=float,
+        default=D["teacher_min_snr"],
+        metavar="SNR",
+        help="make the teacher's P/S labels of arrivals with a lower SNR (RMS 2 s after over 5 s before,"
+        " 2-20 Hz) unknown on the continuous training data: many of EqT's picks there are on noise",
+    )
+    dist.add_argument(
         "--physical-augmentations",
         action="store_true",
         help="also time stretch, polarity flip and rotation of the horizontals",

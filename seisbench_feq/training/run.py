@@ -127,6 +127,7 @@ TRAIN_DEFAULTS: dict = {
     "teacher_grid_shifts": (0,),
     "teacher_grid_rule": "average",
     "mask_ps_conflicts": False,
+    "teacher_min_snr": None,
     "physical_augmentations": False,
     "noise_rate": 0.3,
     "source_shares": DISTILL_SHARES,
@@ -237,6 +238,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             mask_conflicts=args.mask_ps_conflicts,
             pick_sigma=args.pick_sigma,
             shares=args.source_shares,
+            teacher_min_snr=args.teacher_min_snr,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
         train_gen = sbg.GenericGenerator(train_source)
@@ -395,6 +397,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     "teacher_grid_shifts": list(args.teacher_grid_shifts) if args.distill else None,
                     **({"teacher_grid_rule": args.teacher_grid_rule} if args.teacher_grid_rule != "average" else {}),
                     **({"mask_ps_conflicts": True} if args.mask_ps_conflicts else {}),
+                    **({"teacher_min_snr": args.teacher_min_snr} if args.teacher_min_snr is not None else {}),
                     **({"reference_teacher": args.reference_teacher} if args.reference_teacher else {}),
                     "physical_augmentations": bool(args.physical_augmentations),
                     "noise_rate": args.noise_rate,

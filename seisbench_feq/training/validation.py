@@ -46,8 +46,9 @@ class ContinuousValidation:
         return sum(float(st[0].stats.npts / st[0].stats.sampling_rate) for st in self.streams.values()) / 3600
 
     def score(self, model, label: str = "model", **classify_kwargs) -> dict[str, float]:
-        """Share of reference P/S picks matched within 0.5 s, of the model's picks confirmed, their
-        F1 per phase and the mean of the two F1 (``continuous_mean_f1``), through ``classify``."""
+        """Share of reference P/S picks matched within 0.5 s (of the clear ones where the reference
+        has an ``snr`` column), of the model's picks confirmed, their F1 per phase and the mean of
+        the two F1 (``continuous_mean_f1``), through ``classify``."""
         from ..evaluation import continuous
 
         frames, starts, spans = [], {}, {}
@@ -60,7 +61,9 @@ class ContinuousValidation:
         row = continuous.score_continuous(pd.concat(frames, ignore_index=True), self.reference, starts, spans)
         out: dict[str, float] = {}
         for phase in ("P", "S"):
-            matched = row[f"reference_{phase}_matched_pct"] / 100
+            # with arrival SNRs in the reference: the share of its *clear* picks matched (much of
+            # the rest is the teacher's output on noise, evaluation.continuous); confirmed: by any
+            matched = row.get(f"reference_{phase}_clear_matched_pct", row[f"reference_{phase}_matched_pct"]) / 100
             confirmed = row[f"{phase}_confirmed_by_reference_pct"] / 100
             matched, confirmed = np.nan_to_num(matched), np.nan_to_num(confirmed)
             out[f"cont_{phase}_matched"] = round(float(matched), 3)
@@ -105,7 +108,7 @@ def continuous_validation(
     if cache is not None and cache.is_file():
         reference = pd.read_csv(cache, dtype={"trace_id": str, "file": str})
         reference["time"] = [obspy.UTCDateTime(t) for t in reference["time"]]
-        return ContinuousValidation(streams, reference)
+        return ContinuousValidation(streams, reference.assign(snr=continuous.reference_snr(reference, streams)))
     from ..loading import load_model
 
     teacher = load_model(f"eqt-original:{teacher_spec}" if str(teacher_spec).endswith(".h5") else teacher_spec)
@@ -119,6 +122,9 @@ def continuous_validation(
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, reference.assign(time=[str(t) for t in reference["time"]]).to_csv(index=False))
-    logger.info("continuous validation: %d reference P, %d S on %d tails",
-                int((reference["phase"] == "P").sum()), int((reference["phase"] == "S").sum()), len(streams))
+    reference["snr"] = continuous.reference_snr(reference, streams)
+    clear = reference["snr"] >= continuous.CLEAR_SNR
+    logger.info("continuous validation: %d reference P (%d clear), %d S (%d clear) on %d tails",
+                int((reference["phase"] == "P").sum()), int((clear & (reference["phase"] == "P")).sum()),
+                int((reference["phase"] == "S").sum()), int((clear & (reference["phase"] == "S")).sum()), len(streams))
     return ContinuousValidation(streams, reference)
