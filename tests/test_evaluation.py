@@ -666,6 +666,9 @@ def test_cli_continuous_check_on_real_hours(tmp_path, capsys):
         ).sum()
     report = (out / "evaluation.md").read_text()
     assert "## Continuous data" in report and "| FEQ3 (default) |" in report
+    shown = ref_picks[(ref_picks["phase"] == "P") & ((ref_picks["snr"] < 1.5) | (ref_picks["snr"] >= 3))]
+    assert (out / "continuous_reference_snr.png").is_file() == (len(shown) > 0)
+    assert ("continuous_reference_snr.png" in report) == (len(shown) > 0)
     assert "## Continuous data" in capsys.readouterr().out
 
 

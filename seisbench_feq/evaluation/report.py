@@ -271,3 +271,67 @@ def window_table(
             frame[f"{phase}_outcome"] = phase_outcomes(pick, true, tolerance_s * sampling_rate)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def plot_reference_snr(
+    picks: pd.DataFrame,
+    streams: Mapping[str, object],
+    path: str | Path,
+    model: str | None = None,
+    per_column: int = 6,
+    seed: int = 0,
+) -> Path | None:
+    """The reference's P picks by eye: ``per_column`` random ones without an energy increase
+    (arrival SNR < 1.5, left) and as many clear ones (SNR >= ``CLEAR_SNR``, right), each as the
+    band-passed vertical 15 s around the pick, with ``model``'s P picks dashed. ``picks`` is
+    :attr:`ContinuousResult.picks` (the reference rows carry ``snr``); ``streams`` maps its file
+    names to the waveforms. Returns None when the reference has no SNR column or no P pick."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend switch, no figure registry
+    from obspy import UTCDateTime
+
+    from .continuous import CLEAR_SNR, SNR_BAND_HZ, band_passed
+
+    if "snr" not in picks.columns:
+        return None
+    reference = picks[picks["snr"].notna() & (picks["phase"] == "P")]
+    columns = [
+        ("reference P without an energy increase (SNR < 1.5)", reference[reference["snr"] < 1.5]),
+        (f"clear reference P (SNR ≥ {CLEAR_SNR:g})", reference[reference["snr"] >= CLEAR_SNR]),
+    ]
+    rows = max(min(per_column, len(sub)) for _, sub in columns)
+    if not rows:
+        return None
+    mine = picks[(picks["model"] == model) & (picks["phase"] == "P")] if model else picks.iloc[:0]
+    filtered = {name: band_passed(stream) for name, stream in streams.items()}
+    fig = Figure(figsize=(13, 1.25 * rows + 1.2))
+    axes = fig.subplots(rows, 2, squeeze=False, sharex=True)
+    for col, (title, sub) in enumerate(columns):
+        chosen = sub.sample(min(rows, len(sub)), random_state=seed) if len(sub) else sub
+        for row in range(rows):
+            ax = axes[row, col]
+            ax.set_yticks([])
+            if row >= len(chosen):
+                ax.axis("off")
+                continue
+            pick = chosen.iloc[row]
+            at = UTCDateTime(pick["time"])
+            trace = [tr for tr in filtered[pick["file"]].select(channel="*Z")
+                     if tr.id.rsplit(".", 1)[0] == pick["trace_id"] and tr.stats.starttime <= at <= tr.stats.endtime]
+            if trace:
+                part = trace[0].slice(at - 15, at + 15)
+                ax.plot(part.times(reftime=at), part.data, "k", lw=0.4)
+            ax.axvline(0, color="tab:red", lw=1)
+            near = mine[(mine["file"] == pick["file"]) & (mine["trace_id"] == pick["trace_id"])]
+            for t in near["time"]:
+                if abs(UTCDateTime(t) - at) < 15:
+                    ax.axvline(UTCDateTime(t) - at, color="tab:blue", ls="--", lw=1)
+            ax.text(0.005, 0.95, f"{pick['trace_id']} {str(at)[:19]}  SNR {pick['snr']:.1f}  p {pick['probability']:.2f}",
+                    transform=ax.transAxes, fontsize=7, va="top")
+        axes[0, col].set_title(title, fontsize=9)
+        axes[-1, col].set_xlabel("s from the reference P (red)")
+    fig.suptitle(f"Vertical, {SNR_BAND_HZ[0]:g}-{SNR_BAND_HZ[1]:g} Hz" + (f"; {model} P picks dashed" if model else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
