@@ -19,8 +19,9 @@ For every model (default ``classify`` settings: what users run) and every three-
 Each reference pick also gets the signal-to-noise ratio of its arrival (:func:`arrival_snr`), and
 (c) is repeated for the *clear* reference picks (``snr >= CLEAR_SNR``). On the held-out CX hours
 about 40 % of EqT's consensus P picks show no energy increase at all (SNR <= 1.5 on the vertical,
-2-20 Hz; checked on plots), and the original LEQNet, which picks NCEDC as well as EqT, matches
-almost none of them: much of the full reference is EqT's own output on noise and coda.
+2-20 Hz, ``snr < WEAK_SNR``; checked on plots), and the original LEQNet, which scores close to EqT
+on the NCEDC windows, matches almost none of them: much of the full reference is EqT's own output
+on noise and coda.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ DEFAULT_SHIFTS = 8
 REFERENCE_RULES = ("average", "consensus")
 PICK_FRAME_COLUMNS = ["model", "file", "trace_id", "phase", "time", "probability"]
 CLEAR_SNR = 3.0
+WEAK_SNR = 1.5  # below this a "pick" shows no energy increase (plotted beside the clear ones)
 SNR_BAND_HZ = (2.0, 20.0)
 SNR_NOISE_S = (5.0, 0.3)  # noise: from 5 s to 0.3 s before the pick (room for a late pick)
 SNR_SIGNAL_S = 2.0

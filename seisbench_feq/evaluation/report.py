@@ -282,20 +282,20 @@ def plot_reference_snr(
     seed: int = 0,
 ) -> Path | None:
     """The reference's P picks by eye: ``per_column`` random ones without an energy increase
-    (arrival SNR < 1.5, left) and as many clear ones (SNR >= ``CLEAR_SNR``, right), each as the
+    (arrival SNR < ``WEAK_SNR``, left) and as many clear ones (SNR >= ``CLEAR_SNR``, right), each as the
     band-passed vertical 15 s around the pick, with ``model``'s P picks dashed. ``picks`` is
     :attr:`ContinuousResult.picks` (the reference rows carry ``snr``); ``streams`` maps its file
     names to the waveforms. Returns None when the reference has no SNR column or no P pick."""
     from matplotlib.figure import Figure  # no pyplot: no global backend switch, no figure registry
     from obspy import UTCDateTime
 
-    from .continuous import CLEAR_SNR, SNR_BAND_HZ, band_passed
+    from .continuous import CLEAR_SNR, SNR_BAND_HZ, WEAK_SNR, band_passed
 
     if "snr" not in picks.columns:
         return None
     reference = picks[picks["snr"].notna() & (picks["phase"] == "P")]
     columns = [
-        ("reference P without an energy increase (SNR < 1.5)", reference[reference["snr"] < 1.5]),
+        (f"reference P without an energy increase (SNR < {WEAK_SNR:g})", reference[reference["snr"] < WEAK_SNR]),
         (f"clear reference P (SNR ≥ {CLEAR_SNR:g})", reference[reference["snr"] >= CLEAR_SNR]),
     ]
     rows = max(min(per_column, len(sub)) for _, sub in columns)
