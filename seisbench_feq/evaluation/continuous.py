@@ -70,11 +70,10 @@ def grid_shifts(n: int, sampling_rate: float = 100.0) -> list[int]:
     return sorted({int(math.floor(k * sampling_rate / n + 0.5)) for k in range(n)})
 
 
-def read_continuous_files(folders: Sequence[str | Path], max_seconds: float | None = None) -> list[tuple[str, "object"]]:
-    """``(name, Stream)`` per waveform file in ``folders`` (sorted), trimmed to ``max_seconds`` from its start."""
-    import obspy
-
-    found = []
+def continuous_file_paths(folders: Sequence[str | Path]) -> dict[str, Path]:
+    """``"folder/file" -> path`` of every waveform file in ``folders`` (sorted), the names the
+    continuous check reports files by."""
+    found = {}
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
@@ -82,15 +81,29 @@ def read_continuous_files(folders: Sequence[str | Path], max_seconds: float | No
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise FileNotFoundError(f"no waveform files in {folder}")
-        for path in files:
-            try:
-                stream = obspy.read(str(path))
-            except Exception as err:  # ObsPy raises many types for unreadable files
-                raise ValueError(f"cannot read waveform file {path}: {err}") from err
-            if max_seconds:
-                start = min(tr.stats.starttime for tr in stream)
-                stream.trim(start, start + max_seconds)
-            found.append((f"{folder.name}/{path.name}", stream))
+        found.update({f"{folder.name}/{path.name}": path for path in files})
+    return found
+
+
+def read_continuous_file(path: Path):
+    """``obspy.read`` with an error that names the file."""
+    import obspy
+
+    try:
+        return obspy.read(str(path))
+    except Exception as err:  # ObsPy raises many types for unreadable files
+        raise ValueError(f"cannot read waveform file {path}: {err}") from err
+
+
+def read_continuous_files(folders: Sequence[str | Path], max_seconds: float | None = None) -> list[tuple[str, "object"]]:
+    """``(name, Stream)`` per waveform file in ``folders`` (sorted), trimmed to ``max_seconds`` from its start."""
+    found = []
+    for name, path in continuous_file_paths(folders).items():
+        stream = read_continuous_file(path)
+        if max_seconds:
+            start = min(tr.stats.starttime for tr in stream)
+            stream.trim(start, start + max_seconds)
+        found.append((name, stream))
     return found
 
 
@@ -228,7 +241,11 @@ def consensus_picks(
 
 
 def band_pass(data: np.ndarray, sampling_rate: float) -> np.ndarray:
-    """Demeaned, zero-phase ``SNR_BAND_HZ`` band-pass (Butterworth, 4 corners) along the last axis."""
+    """Demeaned, zero-phase ``SNR_BAND_HZ`` band-pass (Butterworth, 4 corners) along the last axis.
+
+    On arrays rather than ObsPy's ``Stream.filter`` because the training mask
+    (``training.distillation.mask_weak_teacher_picks``) works on arrays and must measure the
+    same SNR as the evaluation."""
     from scipy.signal import butter, sosfiltfilt
 
     sos = butter(4, SNR_BAND_HZ, btype="bandpass", fs=sampling_rate, output="sos")

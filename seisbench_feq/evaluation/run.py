@@ -327,12 +327,12 @@ def run_evaluation(
         result.table.to_csv(out / "continuous.csv")
         result.picks.to_csv(out / "continuous_picks.csv", index=False)
         section = ["", "## Continuous data", "", continuous_markdown(result)]
-        from .continuous import read_continuous_files
-        from .report import plot_reference_snr
+        from .continuous import continuous_file_paths
+        from .reference_plot import plot_reference_snr
 
         light = [label for label in pickers if label.startswith("FEQ3")] or [label for label in pickers if label != ref_label]
         figure = plot_reference_snr(
-            result.picks, dict(read_continuous_files(continuous, continuous_seconds)), out / "continuous_reference_snr.png",
+            result.picks, continuous_file_paths(continuous), out / "continuous_reference_snr.png",
             model=light[0] if light else None,
         )
         if figure is not None:

@@ -108,20 +108,20 @@ def continuous_validation(
     if cache is not None and cache.is_file():
         reference = pd.read_csv(cache, dtype={"trace_id": str, "file": str})
         reference["time"] = [obspy.UTCDateTime(t) for t in reference["time"]]
-        return ContinuousValidation(streams, reference.assign(snr=continuous.reference_snr(reference, streams)))
-    from ..loading import load_model
+    else:
+        from ..loading import load_model
 
-    teacher = load_model(f"eqt-original:{teacher_spec}" if str(teacher_spec).endswith(".h5") else teacher_spec)
-    frames = [
-        continuous.consensus_picks(teacher, stream, continuous.grid_shifts(shifts), "reference", name)
-        for name, stream in streams.items()
-    ]
-    reference = pd.concat(frames, ignore_index=True)
-    if cache is not None:
-        from ..io.files import atomic_write_text
+        teacher = load_model(f"eqt-original:{teacher_spec}" if str(teacher_spec).endswith(".h5") else teacher_spec)
+        frames = [
+            continuous.consensus_picks(teacher, stream, continuous.grid_shifts(shifts), "reference", name)
+            for name, stream in streams.items()
+        ]
+        reference = pd.concat(frames, ignore_index=True)
+        if cache is not None:
+            from ..io.files import atomic_write_text
 
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, reference.assign(time=[str(t) for t in reference["time"]]).to_csv(index=False))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache, reference.assign(time=[str(t) for t in reference["time"]]).to_csv(index=False))
     reference["snr"] = continuous.reference_snr(reference, streams)
     clear = reference["snr"] >= continuous.CLEAR_SNR
     logger.info("continuous validation: %d reference P (%d clear), %d S (%d clear) on %d tails",
