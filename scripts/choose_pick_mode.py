@@ -47,7 +47,9 @@ def main() -> None:
             row = table.iloc[0]
             result = {"model": spec, "pick_mode": mode, "windows": len(metadata),
                       "P_f1": round(row["P_f1"], 3), "S_f1": round(row["S_f1"], 3),
-                      "mean_f1": round((row["P_f1"] + row["S_f1"]) / 2, 3)}
+                      "mean_f1": round((row["P_f1"] + row["S_f1"]) / 2, 3),
+                      "P_mae_s": round(row["P_mae_s"], 3), "S_mae_s": round(row["S_mae_s"], 3),
+                      "P_res_mean_s": round(row["P_res_mean_s"], 3)}
             if tail is not None:
                 result.update(tail.score(model, spec, pick_mode=mode))
                 result["score"] = round((result["mean_f1"] + result["continuous_mean_f1"]) / 2, 3)

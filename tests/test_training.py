@@ -331,6 +331,7 @@ def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch, capsys)
     history = validation_history(out)
     assert len(history) >= 1 and history["windows_seen"].iloc[-1] == 2  # 1 step x batch 2
     assert history[["val_f1_P", "val_f1_S"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert history[["val_mae_P", "val_mae_S"]].apply(lambda c: c.between(0, 0.5)).all().all()
     png = tmp_path / "curves.png"
     assert main(["train-report", str(out), str(tmp_path / "run2"), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"

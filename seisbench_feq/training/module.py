@@ -109,7 +109,8 @@ def _pick_f1_callback_class():
     class ValidationPickF1(L.Callback):
         """P and S F1 of the student on analyst-labelled validation windows, after each validation.
 
-        Logged as ``val_f1_P``, ``val_f1_S``, ``val_f1`` (their mean) and ``windows_seen``, with the
+        Logged as ``val_f1_P``, ``val_f1_S``, ``val_f1`` (their mean), ``val_mae_P`` and
+        ``val_mae_S`` (seconds, matched picks; 0.5 without any) and ``windows_seen``, with the
         picking rule of ``seisbench-feq evaluate`` (thresholds 0.3, 0.5 s tolerance), so that
         checkpoints can be chosen on validation stations by what the user will see. With
         ``continuous``, also the agreement on the continuous validation tail (``val_cont_f1``,
@@ -132,6 +133,8 @@ def _pick_f1_callback_class():
             pl_module.log("val_f1_P", f1_p)
             pl_module.log("val_f1_S", f1_s)
             pl_module.log("val_f1", (f1_p + f1_s) / 2, prog_bar=True)
+            for phase in ("P", "S"):  # timing of the matched picks: reported, not used for the choice
+                pl_module.log(f"val_mae_{phase}", float(np.nan_to_num(row[f"{phase}_mae_s"], nan=0.5)))
             if self.continuous is not None:
                 agreement = self.continuous.score(pl_module.model, "student")
                 for key in ("cont_P_f1", "cont_S_f1"):

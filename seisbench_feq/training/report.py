@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-CURVE_COLUMNS = ["windows_seen", "epoch", "step", "val_f1_P", "val_f1_S", "val_loss"]
+CURVE_COLUMNS = [
+    "windows_seen", "epoch", "step", "val_f1_P", "val_f1_S", "val_mae_P", "val_mae_S", "val_score", "val_loss",
+]
 
 
 def validation_history(run_dir: str | Path) -> pd.DataFrame:
     """The validation rows of every ``metrics.csv`` below ``run_dir/logs`` (or ``run_dir`` itself).
 
-    Columns :data:`CURVE_COLUMNS` (``val_loss`` NaN when absent); sorted by windows seen. Raises
+    Columns :data:`CURVE_COLUMNS` (NaN where a run did not log one); sorted by windows seen. Raises
     ``FileNotFoundError`` naming the folder without logs, ``ValueError`` when no row has ``val_f1_P``.
     """
     run_dir = Path(run_dir)
