@@ -729,8 +729,9 @@ def test_early_picks_are_visible_one_stride_after_the_trigger_off(fast_model, ea
     early pick it is the newest window's end, so its data latency (``data_end - time``) is at most
     stride + post blinding + trigger length when the first window that sees its trigger-off
     unblinded makes it visible. Measured here (outside the first window, which must fill), with the
-    shipped weights: 12 of 17 early picks; the others are weak picks (probability near the threshold) that only cross it
-    once a window sees their arrival further from its edge (max stacking), at most one window later.
+    shipped weights: 12 of 17 early picks; the others are weak picks (probability near the
+    threshold) that only cross it once a window sees their arrival further from its edge (max
+    stacking), at most one window later.
     """
     _, picker, emitted, _ = early_run
     rate = fast_model.sampling_rate
