@@ -249,6 +249,15 @@ def station_hash_fraction(station: str, seed: int = 0) -> float:
     return zlib.crc32(f"{seed}:{station}".encode()) / 2**32
 
 
+VALIDATION_FRACTION = 0.15  # of the train-side stations: validation for checkpoint choice
+
+
+def is_validation_station(station: str, split_seed: int = 0) -> bool:
+    """Whether a train-side station of ``split_by_station(seed=split_seed)`` is a validation station
+    of ``seisbench-feq train`` (its own hash, seed ``split_seed + 1``; ``VALIDATION_FRACTION``)."""
+    return station_hash_fraction(station, seed=split_seed + 1) < VALIDATION_FRACTION
+
+
 def split_by_station(metadata: pd.DataFrame, test_fraction: float = 0.5, seed: int = 0) -> pd.Series:
     """Label each row "train" or "test"; all rows of one station fall on the same side.
 

@@ -306,11 +306,11 @@ def build_distillation_sources(
         ZNE_FROM_ENZ,
         ncedc_files,
         _station_of,
+        is_validation_station,
         ncedc_p_offset,
         read_continuous_segments,
         read_ncedc_npz,
         split_by_station,
-        station_hash_fraction,
     )
 
     if not cx_root and not ncedc_root:
@@ -397,7 +397,7 @@ def build_distillation_sources(
                 "trace_p_arrival_sample": float(record["itp"]),
                 "trace_s_arrival_sample": float(record["its"]),
             }
-            if station_hash_fraction(station, seed=split_seed + 1) < 0.15:
+            if is_validation_station(station, split_seed):
                 p0 = record["itp"] - ncedc_p_offset(name)
                 val_items.append({**item, "start": p0, "stop": p0 + in_samples, "kind": "ncedc_val"})
             else:
