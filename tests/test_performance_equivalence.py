@@ -378,3 +378,41 @@ def test_onnxruntime_backend_falls_back_when_missing(monkeypatch, caplog, window
 
 def test_module_constants_are_sane():
     assert fast.FUSED_BATCH >= 16 and annotate.DEFAULT_CHUNK_SECONDS >= 600
+
+
+_HEAP_CHILD = """
+import resource, sys, torch
+from seisbench_feq import FEQ3
+from seisbench_feq.models.heap import reuse_freed_memory
+torch.set_num_threads(1)
+model = FEQ3().eval()
+x = torch.randn(64, 3, 6000)
+with torch.no_grad():
+    for _ in range(3):
+        model(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        model(x)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+print(reuse_freed_memory(), faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap settings: Linux only")
+def test_inference_reuses_freed_heap_memory_unless_told_not_to():
+    """The first forward pass sets glibc's thresholds: a batch of 64 windows then costs (almost) no
+    fresh pages; ``SEISBENCH_FEQ_MALLOC=system`` and the user's own MALLOC_* settings are left alone."""
+    import os
+    import subprocess
+
+    def child(**env):
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SEISBENCH_FEQ_MALLOC"}
+        out = subprocess.run([sys.executable, "-c", _HEAP_CHILD], env={**clean, **env}, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0] == "True", float(out[1])
+
+    set_here, faults = child()
+    assert set_here
+    assert faults < 1000  # glibc's adaptive defaults: up to ~20,000 per batch on the project machine
+    assert child(SEISBENCH_FEQ_MALLOC="system")[0] is False
+    assert child(MALLOC_TRIM_THRESHOLD_="1000000")[0] is False
