@@ -29,10 +29,6 @@ the pick extraction allocates depends on the outputs.
     python benchmarks/bench_classify.py --hours 1 --repeats 1     # quick check
     python benchmarks/bench_classify.py --models feq3 phasenet --threads 1   # against SeisBench's PhaseNet
 
-``--malloc system`` runs every model with glibc's adaptive heap thresholds instead of the ones
-the light models' ``classify`` sets (:mod:`seisbench_feq.models.heap`); the default sets them
-before the first model runs, so both sides of every ratio run with the same heap.
-
 ``phasenet`` / ``phasenetlight``: SeisBench's PhaseNet models at their own default settings (their
 own window, overlap and stacking), random weights.
 """
@@ -206,17 +202,8 @@ def main(argv=None) -> int:
                         help="weights of the light models in the RSS run (pick extraction depends on them)")
     parser.add_argument("--chunk-seconds", type=float, help="annotate piece length of the light models (0: unchunked)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["timing"], help="skip the timing table")
-    parser.add_argument("--malloc", choices=["package", "system"], default="package",
-                        help="package: the glibc thresholds that classify of the light models sets "
-                             "(seisbench_feq.models.heap), set before any model runs, so every model gets them; "
-                             "system: glibc's adaptive defaults")
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.malloc == "system":
-        os.environ["SEISBENCH_FEQ_MALLOC"] = "system"  # children inherit it
-    from seisbench_feq.models.heap import reuse_freed_memory
-
-    heap_set = reuse_freed_memory()
     global CHUNK_SECONDS
     CHUNK_SECONDS = args.chunk_seconds
     if args.child_model:
@@ -226,8 +213,7 @@ def main(argv=None) -> int:
     import torch
 
     print(f"# machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f} at start; heap: {args.malloc} "
-          f"({'thresholds set' if heap_set else 'glibc defaults'})")
+          f"load average {os.getloadavg()[0]:.1f} at start")
     stream = station_day(args.hours)
     n = stream[0].stats.npts
     print(f"# stream: {stream[0].id[:-1]}?, {n / 360000:.2f} h, {n} samples x 3 components "

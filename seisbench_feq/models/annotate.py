@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import obspy
 
-from .heap import release_freed_memory
 from .picking import PICK_MODES
 
 __all__ = [
@@ -211,6 +212,28 @@ def _copy_for_annotate(model, stream: obspy.Stream) -> obspy.Stream:
     return out
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap pages a finished piece freed back to the OS (glibc keeps them otherwise, and
+    the process RSS would grow to the largest piece plus the output however small the piece)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - musl has no malloc_trim
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
 def _label_traces(model, layout: dict, labels: np.ndarray, rate: float) -> obspy.Stream:
     """SeisBench's ``_predictions_to_stream`` for one instrument, without copying the arrays."""
     from seisbench.ext.utils import get_edge_indices
@@ -326,7 +349,7 @@ async def iter_label_pieces(model, groups: list, argdict: dict, step: int, chunk
                     core = stacked.data[core_start - start : core_stop - start]
                     labels[:, : len(core)] = core.T
                     del stacked, core
-                    release_freed_memory()
+                    _release_freed_memory()
                 yield LabelPiece(layout, core_start, core_stop, rate, labels, k == len(plan) - 1)
     finally:
         if train_mode:

@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 
 from .fast import cached_fused_weights, compact_forward, exporting, fused_forward, weights_key
-from .heap import reuse_freed_memory
 from .preprocessing import preprocess_windows
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,6 @@ def set_inference_backend(model, backend: str):
 def dispatch_forward(model, x: torch.Tensor, logits: bool):
     """Inference entry point used by ``LEQNet.forward``; ``None`` means "run the plain modules"."""
     backend = getattr(model, "inference_backend", "fused")
-    reuse_freed_memory()
     if backend == "plain":
         return None
     if backend == "onnxruntime" and not exporting():
