@@ -15,12 +15,10 @@ validation data like any candidate (``scripts/choose_pick_mode.py``) before ship
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
 import torch
 
 from seisbench_feq.models import MODELS
+from seisbench_feq.training.run import save_derived_weights
 
 
 def main() -> None:
@@ -42,19 +40,9 @@ def main() -> None:
     }
     model = models[0]
     model.load_state_dict(average)
-    target = Path(args.target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model.save(target, version_str="1")
-    first = json.loads(Path(args.sources[0] + ".json.v1").read_text())
-    content = json.loads(Path(str(target) + ".json.v1").read_text())
-    for key in ("training", "history", "data"):
-        if key in first:
-            content[key] = first[key]
-    content.setdefault("training", {})["then"] = (
-        "uniform average of the weights of " + ", ".join(args.sources) + " (scripts/average_weights.py)"
-    )
-    Path(str(target) + ".json.v1").write_text(json.dumps(content, indent=2) + "\n")
-    print(f"wrote {target}.pt.v1 and {target}.json.v1 (average of {len(args.sources)})")
+    note = "uniform average of the weights of " + ", ".join(args.sources) + " (scripts/average_weights.py)"
+    save_derived_weights(model, args.sources[0], args.target, note)
+    print(f"wrote {args.target}.pt.v1 and {args.target}.json.v1 (average of {len(args.sources)})")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ json keeps the source's records (``training``, ``history``, ``data``) so that th
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 import torch
 
 from seisbench_feq.models import MODELS
+from seisbench_feq.training.run import save_derived_weights
 
 
 def main() -> None:
@@ -37,20 +36,12 @@ def main() -> None:
             module.reset_parameters()
         with torch.no_grad():
             decoder.head.bias.fill_(math.log(0.01 / 0.99))
-    target = Path(args.target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model.save(target, version_str="1")
-    source = json.loads(Path(args.source + ".json.v1").read_text())
-    content = json.loads(Path(str(target) + ".json.v1").read_text())
-    for key in ("training", "history", "data"):
-        if key in source:
-            content[key] = source[key]
-    content.setdefault("training", {})["then"] = (
+    note = (
         "P and S decoders' last separable conv and head re-initialised (PyTorch default init, head bias "
         f"logit(0.01), seed {args.seed}) by scripts/reinit_pick_heads.py"
     )
-    Path(str(target) + ".json.v1").write_text(json.dumps(content, indent=2) + "\n")
-    print(f"wrote {target}.pt.v1 and {target}.json.v1")
+    save_derived_weights(model, args.source, args.target, note)
+    print(f"wrote {args.target}.pt.v1 and {args.target}.json.v1")
 
 
 if __name__ == "__main__":

@@ -540,3 +540,22 @@ def test_continuous_validation_tail_reference_and_agreement(tmp_path):
     moved = own.assign(time=[t + 2.0 for t in own["time"]])
     score = ContinuousValidation(whole, moved).score(feq3)
     assert score["continuous_mean_f1"] == 0.0 and score["cont_P_matched"] == 0.0
+
+
+def test_derived_weights_keep_the_source_records(tmp_path):
+    """Weights derived from shipped ones (re-initialised heads, averages) keep their training records."""
+    from pathlib import Path
+
+    from seisbench_feq import FEQ3
+    from seisbench_feq.training.run import save_derived_weights
+
+    source = str(Path(__file__).parents[1] / "seisbench_feq" / "weights" / "feq3" / "default")
+    model = FEQ3.load(source, version_str="1")
+    save_derived_weights(model, source, str(tmp_path / "derived" / "default"), "a note")
+    records = json.loads(Path(source + ".json.v1").read_text())
+    derived = json.loads((tmp_path / "derived" / "default.json.v1").read_text())
+    assert derived["history"] == records["history"] and derived["data"] == records["data"]
+    assert derived["training"]["then"] == "a note"
+    assert derived["training"]["command"] == records["training"]["command"]
+    reloaded = FEQ3.load(str(tmp_path / "derived" / "default"), version_str="1")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))

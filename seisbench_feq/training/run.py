@@ -66,6 +66,22 @@ def export_weights(model, weights_dir: str | Path, name: str, metadata: dict, do
     return weights_dir / f"{name}.pt.v1", json_path
 
 
+def save_derived_weights(model, source: str, target: str, note: str) -> None:
+    """Save weights derived from the weights at prefix ``source`` (re-initialised heads, an average)
+    at prefix ``target``, keeping the source's ``training``, ``history`` and ``data`` records, so
+    that a later ``train --init target`` copies them; ``note`` says what was done
+    (``training.then``)."""
+    target_path = Path(target)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(target_path, version_str="1")
+    records = json.loads(Path(source + ".json.v1").read_text())
+    json_path = Path(str(target_path) + ".json.v1")
+    content = json.loads(json_path.read_text())
+    content.update({key: records[key] for key in ("training", "history", "data") if key in records})
+    content.setdefault("training", {})["then"] = note
+    json_path.write_text(json.dumps(content, indent=2) + "\n")
+
+
 def warm_start(model, prefix: str) -> dict:
     """Copy every tensor of the weights file ``prefix`` whose name and shape match ``model``.
 
