@@ -282,6 +282,45 @@ def test_quiet_cut_buffer_cuts_only_where_every_output_is_quiet(half_hour_annota
         assert (around < levels[:, None]).all()
 
 
+def _newest_quiet_cut(labels, levels, margin):
+    """The rule of QuietCutBuffer, searched over the whole buffer at once (the reference)."""
+    width = 2 * margin + 1
+    if labels.shape[1] < width:
+        return None
+    quiet = np.flatnonzero(np.convolve(~(labels < levels[:, None]).all(axis=0), np.ones(width), "valid") == 0)
+    return int(quiet[-1]) + margin if len(quiet) else None
+
+
+@pytest.mark.parametrize("blocks", [[7, 3, 50, 1, 200, 13], [400], [1] * 60, [25, 25, 333, 4, 4, 90]])
+def test_quiet_cut_buffer_cuts_where_a_search_of_the_whole_buffer_does(blocks):
+    from seisbench_feq.models.streamed_classify import QuietCutBuffer
+
+    rng = np.random.default_rng(len(blocks))
+    levels, margin = np.array([0.5, 0.5]), 4
+    # quiet and loud stretches of random lengths, a NaN (loud) here and there
+    runs = rng.integers(1, 30, size=200)
+    loud = np.repeat(np.arange(len(runs)) % 2 == 1, runs)[: sum(blocks)]
+    labels = np.where(loud, 0.9, 0.1)[None, :].repeat(2, axis=0).astype(np.float32)
+    labels[1, rng.integers(0, labels.shape[1], 5)] = np.nan
+    buffer = QuietCutBuffer(layout={}, off_levels=levels, margin=margin)
+    start, pending = 0, labels[:, :0]
+    cuts = 0
+    for k, edges in enumerate(zip(np.cumsum([0] + blocks[:-1]), np.cumsum(blocks))):
+        block = labels[:, edges[0] : edges[1]]
+        buffer.append(block, 100.0)
+        pending = np.concatenate([pending, block], axis=1)
+        expected = _newest_quiet_cut(pending, levels, margin)
+        taken = buffer.take(last=False)
+        if expected is None:
+            assert taken is None, (k, start)
+            continue
+        assert taken[0] == start and np.array_equal(taken[1], pending[:, :expected], equal_nan=True)
+        start, pending, cuts = start + expected, pending[:, expected:], cuts + 1
+    assert cuts > 0
+    rest = buffer.take(last=True)
+    assert rest is None if not pending.shape[1] else (rest[0] == start and rest[1].shape == pending.shape)
+
+
 @pytest.mark.timeout(120)
 def test_annotate_leaves_the_input_stream_alone(feq3_trained):
     stream = real_stream(minutes=12)

@@ -5,11 +5,11 @@ every continuous segment is cut into pieces (``chunk_seconds``, 30 minutes by de
 overlap by whole windows on the segment's own window grid; SeisBench's own windowing, batching and
 stacking run on each piece and each piece's core is kept, so every output sample sees exactly the
 windows it sees without chunking. The output traces are filled in place (no stacked copy of the
-day), the input stream is shared read-only instead of copied, and the heap pages a finished piece
-freed go back to the OS.
+day), the input stream is shared read-only instead of copied, and the heap pages the call freed
+go back to the OS at its end.
 
 SeisBench private methods used here (``_get_overlap``, ``_build_comp_dict``, ``_grouping``,
-``_iter_fragments_array``, ``_iter_predictions``, ``_iter_reassemble_predictions``,
+``_iter_fragments_array``, ``_predict_windows``, ``_iter_reassemble_predictions``,
 ``_predictions_to_stream``, ``_verify_argdict``) are checked by the real-data equivalence tests.
 """
 
@@ -181,6 +181,26 @@ def _piece(layout: dict, start: int, stop: int):
     )
 
 
+async def _predictions_in_this_thread(model, batches, argdict: dict):
+    """SeisBench's ``_iter_predictions`` with the forward pass in the calling thread.
+
+    SeisBench hands each batch to a worker thread (``asyncio.to_thread``), whose allocations live in
+    a second glibc arena: the heap then holds the largest working set of both threads, or gives it
+    back after each piece and faults it in again. Measured on a station-day of FEQ3 (1 thread):
+    the same peak RSS in one arena without the page faults (docs/performance.md). A piece has a
+    single batch or a few, so the worker thread overlapped nothing.
+    """
+    from collections import defaultdict
+
+    pending = defaultdict(list)
+    async for batch in batches:
+        for prediction in model._predict_windows(batch, argdict=argdict):
+            pending[prediction.key, prediction.n_windows].append(prediction)
+        for key in list(pending):  # complete windows sets in SeisBench's order
+            if len(pending[key]) == key[1]:
+                yield pending.pop(key)
+
+
 async def _stack_piece(model, piece, argdict: dict):
     """SeisBench's own windowing, batching, prediction and stacking for one piece."""
 
@@ -188,7 +208,7 @@ async def _stack_piece(model, piece, argdict: dict):
         yield piece
 
     fragments = model._iter_fragments_array(one(), argdict)
-    blocks = model._iter_predictions(fragments, argdict)
+    blocks = _predictions_in_this_thread(model, fragments, argdict)
     stacked = [s async for s in model._iter_reassemble_predictions(blocks, argdict)]
     return stacked[0] if stacked else None
 
@@ -213,8 +233,8 @@ def _copy_for_annotate(model, stream: obspy.Stream) -> obspy.Stream:
 
 
 def _release_freed_memory() -> None:
-    """Hand the heap pages a finished piece freed back to the OS (glibc keeps them otherwise, and
-    the process RSS would grow to the largest piece plus the output however small the piece)."""
+    """Hand the heap pages an annotation freed back to the OS (glibc keeps them otherwise, and the
+    process would hold the largest working set after the call)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -264,7 +284,7 @@ def _can_chunk(model) -> bool:
         model.output_type == "array"
         and model._grouping.grouping == "instrument"
         and tuple(pred_sample) == (0, model.in_samples)
-        and all(hasattr(model, name) for name in ("_iter_fragments_array", "_iter_predictions", "_iter_reassemble_predictions"))
+        and all(hasattr(model, name) for name in ("_iter_fragments_array", "_predict_windows", "_iter_reassemble_predictions"))
     )
 
 
@@ -349,9 +369,11 @@ async def iter_label_pieces(model, groups: list, argdict: dict, step: int, chunk
                     core = stacked.data[core_start - start : core_stop - start]
                     labels[:, : len(core)] = core.T
                     del stacked, core
-                    _release_freed_memory()
                 yield LabelPiece(layout, core_start, core_stop, rate, labels, k == len(plan) - 1)
     finally:
+        # once per call, not per piece: a trim per piece made the next piece fault its working set
+        # back in (a quarter of FEQ3's CPU time) and did not lower the peak
+        _release_freed_memory()
         if train_mode:
             model.train()
 

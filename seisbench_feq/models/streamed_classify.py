@@ -28,6 +28,10 @@ QUIET_MARGIN_S = 1.5
 class QuietCutBuffer:
     """Output labels of one segment since its last quiet cut.
 
+    Each appended block is searched once, with the few samples before it that a quiet window
+    can reach back to, so a segment that stays loud for hours costs no more than a quiet one
+    (searching the whole buffer again per piece made a never-quiet station-day quadratic).
+
     :param off_levels: per label row, the level below which the row cannot hold or start a trigger.
     :param margin: samples that must be quiet on each side of a cut.
     """
@@ -38,40 +42,41 @@ class QuietCutBuffer:
         self.margin = int(margin)
         self.start = 0  # segment sample of the buffer's first sample
         self.blocks: list[np.ndarray] = []
+        self.length = 0  # samples in the buffer
+        self.cut: int | None = None  # newest quiet cut, in buffer samples
+        self._tail = np.zeros(0, dtype=bool)  # loudness of the buffer's last 2 * margin samples
         self.rate: float | None = None
 
     def append(self, labels: np.ndarray, rate: float | None) -> None:
+        # NaN counts as loud: a failed window inside a segment must not become a cut
+        loud = np.concatenate([self._tail, ~(labels < self.off_levels).all(axis=0)])
+        offset = self.length - len(self._tail)  # buffer sample of loud[0]
+        width = 2 * self.margin + 1
+        if len(loud) >= width:
+            # quiet windows of width samples, through a cumulative count of loud samples
+            count = np.concatenate([[0], np.cumsum(loud)])
+            quiet = np.flatnonzero(count[width:] == count[:-width])
+            if len(quiet):
+                self.cut = offset + int(quiet[-1]) + self.margin
+        self._tail = loud[len(loud) - min(width - 1, len(loud)):]
         self.blocks.append(labels)
+        self.length += labels.shape[1]
         self.rate = rate or self.rate
 
     def take(self, last: bool) -> tuple[int, np.ndarray] | None:
         """``(start, labels)`` up to the newest quiet cut (everything when ``last``); the rest stays."""
-        if not self.blocks:
+        cut = self.length if last else self.cut
+        if not self.blocks or cut is None:
             return None
         labels = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks, axis=1)
-        cut = labels.shape[1] if last else self._last_cut(labels)
-        if cut is None:
-            self.blocks = [labels]
-            return None
         start = self.start
-        self.blocks = [labels[:, cut:]] if cut < labels.shape[1] else []
+        # a copy, so that the taken part's memory is freed once it is aggregated
+        self.blocks = [labels[:, cut:].copy()] if cut < labels.shape[1] else []
         self.start += cut
+        self.length -= cut
+        self.cut = None  # the cut was the newest quiet window: none lies after it yet
+        self._tail = self._tail[len(self._tail) - min(len(self._tail), self.length):]
         return start, labels[:, :cut]
-
-    def _last_cut(self, labels: np.ndarray) -> int | None:
-        # NaN counts as loud: a failed window inside a segment must not become a cut
-        loud = ~(labels < self.off_levels).all(axis=0)
-        n = len(loud)
-        if n < 2 * self.margin + 1:
-            return None
-        # quiet windows of 2 * margin + 1 samples, through a cumulative count of loud samples
-        count = np.concatenate([[0], np.cumsum(loud)])
-        width = 2 * self.margin + 1
-        quiet = np.flatnonzero(count[width:] - count[:-width] == 0)
-        if not len(quiet):
-            return None
-        cut = int(quiet[-1]) + self.margin
-        return cut if cut > 0 else None
 
 
 def _off_levels(model, argdict: dict) -> np.ndarray | None:
