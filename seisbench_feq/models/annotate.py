@@ -188,7 +188,8 @@ async def _predictions_in_this_thread(model, batches, argdict: dict):
     a second glibc arena: the heap then holds the largest working set of both threads, or gives it
     back after each piece and faults it in again. Measured on a station-day of FEQ3 (1 thread):
     the same peak RSS in one arena without the page faults (docs/performance.md). A piece has a
-    single batch or a few, so the worker thread overlapped nothing.
+    single batch or a few, so the worker thread overlapped nothing. Other tasks of the event loop
+    wait for each batch (a fraction of a second for the light models).
     """
     from collections import defaultdict
 
