@@ -305,20 +305,23 @@ def test_quiet_cut_buffer_cuts_where_a_search_of_the_whole_buffer_does(blocks):
     buffer = QuietCutBuffer(layout={}, off_levels=levels, margin=margin)
     start, pending = 0, labels[:, :0]
     cuts = 0
-    for k, edges in enumerate(zip(np.cumsum([0] + blocks[:-1]), np.cumsum(blocks))):
-        block = labels[:, edges[0] : edges[1]]
+    for first, stop in zip(np.cumsum([0] + blocks[:-1]), np.cumsum(blocks)):
+        block = labels[:, first:stop]
         buffer.append(block, 100.0)
         pending = np.concatenate([pending, block], axis=1)
         expected = _newest_quiet_cut(pending, levels, margin)
         taken = buffer.take(last=False)
         if expected is None:
-            assert taken is None, (k, start)
+            assert taken is None, (first, start)
             continue
         assert taken[0] == start and np.array_equal(taken[1], pending[:, :expected], equal_nan=True)
         start, pending, cuts = start + expected, pending[:, expected:], cuts + 1
     assert cuts > 0
     rest = buffer.take(last=True)
-    assert rest is None if not pending.shape[1] else (rest[0] == start and rest[1].shape == pending.shape)
+    if pending.shape[1]:
+        assert rest[0] == start and np.array_equal(rest[1], pending, equal_nan=True)
+    else:
+        assert rest is None
 
 
 @pytest.mark.timeout(120)

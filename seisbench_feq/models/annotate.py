@@ -15,6 +15,7 @@ SeisBench private methods used here (``_get_overlap``, ``_build_comp_dict``, ``_
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -191,9 +192,7 @@ async def _predictions_in_this_thread(model, batches, argdict: dict):
     single batch or a few, so the worker thread overlapped nothing. Other tasks of the event loop
     wait for each batch (a fraction of a second for the light models).
     """
-    from collections import defaultdict
-
-    pending = defaultdict(list)
+    pending = collections.defaultdict(list)
     async for batch in batches:
         for prediction in model._predict_windows(batch, argdict=argdict):
             pending[prediction.key, prediction.n_windows].append(prediction)
