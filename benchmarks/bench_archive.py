@@ -101,6 +101,8 @@ def child(config: dict) -> None:
         "station_hours": s["data_hours"],
         "station_hours_per_s": s["data_hours"] / wall,
         "units": s["units"]["done"],
+        "workers_used": s["throughput"]["workers"],
+        "torch_threads_used": s["throughput"]["torch_threads"],
         "failed": s["units"]["failed"],
         "picks": s["picks_total"],
         "weights": s["weights"],
@@ -197,7 +199,7 @@ def main() -> None:
     print(f"{'configuration':30s} {'weights':22s} {'wall s':>7s} {'st-h/s':>7s} {'picks':>6s} "
           f"{'driver MB':>9s} {'worker MB':>9s}  all rounds (s)")
     for r in results:
-        worker = f"{r['rss_worker_peak_mb']:9.0f}" if r["workers"] else f"{'-':>9s}"
+        worker = f"{r['rss_worker_peak_mb']:9.0f}" if r["workers_used"] else f"{'-':>9s}"
         print(f"{r['name']:30s} {r['weights'][:22]:22s} {r['wall_s']:7.1f} "
               f"{r['station_hours_per_s']:7.3f} {r['picks']:6d} {r['rss_driver_peak_mb']:9.0f} "
               f"{worker}  {r['all_wall_s']}")
@@ -217,10 +219,9 @@ def main() -> None:
         with_start = two["station_hours_per_s"] / one["station_hours_per_s"]
         print(f"Dask runs: {one['station_hours'] / 24:.1f} station-days, {one['units']} units")
         default = results[-3]
-        from seisbench_feq.archive.runner import choose_parallelism
 
-        workers, threads = choose_parallelism(None, None, None)
-        print(f"pick's defaults here ({os.cpu_count()} cores): {workers} worker(s), {threads} torch thread(s): "
+        print(f"pick's defaults here ({os.cpu_count()} cores, {one['station_hours'] / 24:.1f} station-days): "
+              f"{default['workers_used']} worker(s), {default['torch_threads_used']} torch thread(s): "
               f"{default['wall_s']:.1f} s; best of the three: {min(r['wall_s'] for r in results[-3:]):.1f} s")
         print(f"Dask 1 -> 2 workers (FEQ3): speed-up x{with_start:.2f} including the cluster "
               f"start and stop ({one['cluster_start_s']:.1f} + {one['cluster_stop_s']:.1f} s / "

@@ -254,6 +254,8 @@ def test_cli_on_a_local_dask_cluster_gives_the_same_output_as_in_process(tmp_pat
                                  output_format="parquet", detections=True, progress=False, **span)
     dask_report = json.loads((tmp_path / "dask" / "report.json").read_text())
     assert dask_report["units"]["done"] == local.summary["units"]["done"] == 4
+    # the report says which parallelism ran (2 workers x 1 torch thread on <= 2 cores)
+    assert dask_report["throughput"]["workers"] == 2 and local.summary["throughput"]["workers"] == 0
     assert dask_report["picks_per_station"] == local.summary["picks_per_station"]
     remote = pd.read_parquet(tmp_path / "dask" / "picks.parquet")
     assert list(remote.columns) == archive.PICK_COLUMNS and len(remote) > 0

@@ -228,7 +228,7 @@ def _pick_locked(archive, out, model, weights, t_start, t_end, stations, channel
     for station, n in without_data.items():
         logger.warning("%s: no data files cover %d chunk(s) of the span: not run", station, n)
 
-    timing = {"cluster_start_s": 0.0, "cluster_stop_s": 0.0}
+    timing = {"cluster_start_s": 0.0, "cluster_stop_s": 0.0, "workers": workers, "torch_threads": threads}
     wall = time.perf_counter()
     run_results = run_units(todo, source, model, settings, out, manifest, workers, scheduler,
                             progress, timing)

@@ -117,6 +117,8 @@ def merge_and_report(out, units, manifest, settings, run, source, run_results, t
             # included) but not the file scan
             "wall_s": wall, "cluster_start_s": timing["cluster_start_s"],
             "cluster_stop_s": timing["cluster_stop_s"],
+            # the parallelism this run used (0 workers = in-process)
+            "workers": timing.get("workers"), "torch_threads": timing.get("torch_threads"),
             "units_this_run": len(run_results), "data_hours_this_run": data_h_run,
             "data_hours_per_s": data_h_run / wall if wall > 0 and ran else 0.0,
             "unit_seconds_total": sum(r.elapsed_s for r in run_results),

@@ -111,6 +111,40 @@ def _conv_tc(x_tc: torch.Tensor, weight: torch.Tensor, bias, pad: tuple[int, int
     return y
 
 
+def _time_blocked_weight(weight: torch.Tensor, bias, pad: tuple[int, int], factor: int):
+    """The same stride-1 conv on blocks of ``factor`` time samples (space-to-depth in time).
+
+    A contiguous (B, T, C) tensor viewed as (B, T/f, f*C) costs nothing; its conv with the
+    returned (f*O, f*C, S) weight is the (B, T/f, f*O) memory of the (B, T, O) result. oneDNN's
+    time per output pixel hardly depends on the channel count in these narrow layers, so fewer,
+    wider pixels are faster (64 windows: encoder input conv 4.4 -> 2.8 ms at f=2, decoder head
+    5.4 -> 4.6 ms at f=4). Exact for "same" convolutions (output length = input length).
+    """
+    channels_out, channels_in, kernel = weight.shape
+    pad_left = pad[0]
+    s_min = -pad_left // factor
+    s_max = (factor - 1 + kernel - 1 - pad_left) // factor
+    blocked = weight.new_zeros(factor * channels_out, factor * channels_in, s_max - s_min + 1)
+    for r in range(factor):  # output sample r of a block, tap j reads block offset s, sample rho
+        for j in range(kernel):
+            s, rho = divmod(r + j - pad_left, factor)
+            blocked[r * channels_out : (r + 1) * channels_out, rho * channels_in : (rho + 1) * channels_in,
+                    s - s_min] += weight[:, :, j]
+    return blocked, None if bias is None else bias.repeat(factor), (-s_min, s_max), factor
+
+
+def _conv_tc_blocked(x_tc: torch.Tensor, blocked) -> torch.Tensor:
+    """:func:`_conv_tc` with the weight of :func:`_time_blocked_weight` (same result)."""
+    weight, bias, pad, factor = blocked
+    length, channels = int(x_tc.shape[1]), int(x_tc.shape[2])
+    y = _conv_tc(x_tc.reshape(-1, length // factor, factor * channels), weight, bias, pad)
+    return y.reshape(-1, length, int(weight.shape[0]) // factor)
+
+
+#: Time blocks of the encoder's input conv and of the decoder heads (measured, see above).
+ENCODER_BLOCK, HEAD_BLOCK = 2, 4
+
+
 def _same_pads(kernel: int) -> tuple[int, int]:
     return (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2  # TensorFlow "same", stride 1
 
@@ -118,11 +152,14 @@ def _same_pads(kernel: int) -> tuple[int, int]:
 def _separable_tc(x_tc: torch.Tensor, conv, dense=None) -> torch.Tensor:
     """``SeparableConv1d`` (depthwise, pointwise, relu) on a (B, T, C) tensor.
 
-    ``dense``: (weight, bias) of the same conv as one dense conv (fewer passes over a long, thin
-    input: the encoder's 3-channel input)."""
+    ``dense``: (weight, bias, time-blocked weight) of the same conv as one dense conv (fewer
+    passes over a long, thin input: the encoder's 3-channel input)."""
     pads = _same_pads(conv.depthwise.kernel_size[0])
     if dense is not None:
-        return torch.relu_(_conv_tc(x_tc, dense[0], dense[1], pads))
+        weight, bias, blocked = dense
+        if int(x_tc.shape[1]) % blocked[3] == 0:
+            return torch.relu_(_conv_tc_blocked(x_tc, blocked))
+        return torch.relu_(_conv_tc(x_tc, weight, bias, pads))
     y = _conv_tc_depthwise(x_tc, conv.depthwise.weight, pads)
     return torch.relu_(_conv_tc(y, conv.pointwise.weight, conv.pointwise.bias, (0, 0)))
 
@@ -145,6 +182,18 @@ def _max_pool_tc(x_tc: torch.Tensor, pool: int) -> torch.Tensor:
     out = math.ceil(length / pool)
     total = max((out - 1) * pool + pool - length, 0)
     left, right = total // 2, total - total // 2
+    if left == 0 and pool >= 2 and not exporting():
+        # Elementwise maxima of the pool's strided slices: 2x faster than ATen's channels-last
+        # max_pool2d (which also computes indices); the partial window at the end is TF's -inf pad.
+        full = length // pool
+        groups = x_tc[:, : full * pool].unflatten(1, (full, pool))
+        y = x_tc.new_empty(x_tc.shape[0], out, x_tc.shape[2])
+        torch.maximum(groups[:, :, 0], groups[:, :, 1], out=y[:, :full])
+        for k in range(2, pool):
+            torch.maximum(y[:, :full], groups[:, :, k], out=y[:, :full])
+        if out > full:
+            torch.amax(x_tc[:, full * pool :], dim=1, out=y[:, full])
+        return y
     x4 = x_tc.transpose(1, 2).unsqueeze(2)
     if left == 0:  # a partial window at the end only: ceil_mode is TF's -inf padding
         y = F.max_pool2d(x4, (1, pool), ceil_mode=True)
@@ -271,7 +320,9 @@ def _decoder_weights(decoder) -> dict:
     weights = {"stages": [_polyphase_weight(decoder.convs[i], f, 0) for i, f, _ in stages]}
     if _polyphase_head(decoder):
         index, factor, _ = stages[-1]
-        weights["head"] = _head_polyphase_weight(decoder.head, factor, decoder.convs[index].pointwise.out_channels)
+        weight, bias, s_min, s_max = _head_polyphase_weight(decoder.head, factor,
+                                                            decoder.convs[index].pointwise.out_channels)
+        weights["head"] = weight, bias, s_min, s_max, _time_blocked_weight(weight, bias, (-s_min, s_max), HEAD_BLOCK)
     return weights
 
 
@@ -279,8 +330,10 @@ def fused_weights(model) -> dict:
     """The precomputed weights of the fused path (dense encoder input conv, polyphase decoders)."""
     first = model.encoder.convs[model.encoder.conv_order[0]]
     with torch.no_grad():
+        weight = first.pointwise.weight * first.depthwise.weight[:, 0, :].unsqueeze(0)
+        blocked = _time_blocked_weight(weight, first.pointwise.bias, _same_pads(weight.shape[-1]), ENCODER_BLOCK)
         return {
-            "encoder": (first.pointwise.weight * first.depthwise.weight[:, 0, :].unsqueeze(0), first.pointwise.bias),
+            "encoder": (weight, first.pointwise.bias, blocked),
             "decoders": [_decoder_weights(d) for d in model.decoders],
         }
 
@@ -307,8 +360,11 @@ def _decoder_tc(decoder, x_tc: torch.Tensor, weights: dict) -> torch.Tensor:
         return _conv_tc(x_tc, decoder.head.weight, decoder.head.bias, (decoder.head.padding[0],) * 2)[..., 0]
     weight, bias, s_min, s_max = weights["stages"][-1]
     z = torch.relu_(_conv_tc(x_tc, weight, bias, (-s_min, s_max)))  # (B, L_in, (rho, o))
-    weight, bias, s_min, s_max = weights["head"]
-    y = _conv_tc(z, weight, bias, (-s_min, s_max))  # (B, L_in, r): already interleaved
+    weight, bias, s_min, s_max, blocked = weights["head"]
+    if int(z.shape[1]) % HEAD_BLOCK == 0:
+        y = _conv_tc_blocked(z, blocked)  # (B, L_in, r): already interleaved
+    else:
+        y = _conv_tc(z, weight, bias, (-s_min, s_max))
     return y.reshape(-1, length)
 
 
