@@ -16,7 +16,9 @@ rearranged (see "where the time goes" in ``docs/performance.md``):
   faster than in ``NCW``; the encoder's first separable convolution is one dense 3->8 conv;
 * the additive attention evaluates ``tanh(z) = 2 sigmoid(2z) - 1`` (ATen's sigmoid is about
   3x faster than its tanh) in cache-sized batch chunks, keeping the Keras semantics of
-  ``SeqSelfAttention`` (maximum over the whole row, ``K.epsilon()``, band mask).
+  ``SeqSelfAttention`` (maximum over the whole row, ``K.epsilon()``, band mask); the 3-wide
+  pick attentions are evaluated on their band only, with the whole-row maximum recovered
+  where it matters (``_banded_attention``).
 
 :func:`compact_forward` is the plain network written with the export-friendly attention (the
 ``compact`` ONNX/TorchScript graph).
@@ -71,6 +73,8 @@ def additive_attention(attention, x: torch.Tensor, chunk: int = 4) -> torch.Tens
         q2 = torch.matmul(xt, 2 * attention.Wt) + 2 * attention.bh  # (B, T, U)
         k2 = torch.matmul(xt, 2 * attention.Wx)
         wa2 = 2 * attention.Wa[:, 0]
+        if attention.attention_width is not None and attention.attention_width < steps:
+            return _banded_attention(attention, xt, q2, k2, wa2).transpose(1, 2)
         e = torch.empty(batch, steps, steps, dtype=x.dtype, device=x.device)
         for start in range(0, batch, chunk):  # (chunk, T, T, U) stays in L2
             stop = min(start + chunk, batch)
@@ -86,6 +90,43 @@ def additive_attention(attention, x: torch.Tensor, chunk: int = 4) -> torch.Tens
         e = e.masked_fill(~mask, 0.0)
     a = e / (e.sum(dim=-1, keepdim=True) + attention.eps)
     return torch.matmul(a, xt).transpose(1, 2)
+
+
+#: A row's band is evaluated alone when the bound on its full-row maximum says that Keras'
+#: ``eps`` term changes its weights by less than ``exp(BAND_MARGIN) * eps`` (1e-6 relative).
+BAND_MARGIN = math.log(10.0)
+
+
+def _banded_attention(attention, xt, q2, k2, wa2) -> torch.Tensor:
+    """Local attention evaluated on its band only (``width`` of ``T`` columns per row).
+
+    Keras subtracts the maximum of the *whole* row before the band mask, so a row's weights are
+    ``exp(e_ij - b_i) / (S_i + eps * exp(m_i - b_i))`` with ``b_i`` the band maximum, ``S_i >= 1``
+    the band sum and ``m_i`` the row maximum. ``m_i`` only matters through that ``eps`` term:
+    rows whose cheap upper bound of ``m_i`` (sigmoid is monotonic, so each unit's maximum over
+    ``j`` is at the extreme ``k``) lies within ``BAND_MARGIN`` of ``b_i`` use ``eps`` alone, and
+    the few others get their exact row maximum.
+    """
+    width, steps = attention.attention_width, xt.shape[1]
+    first = width // 2 - width + 1  # band of row i: columns i + first ... i + width // 2
+    pad = (0, 0, -first, width // 2)
+    k_band = F.pad(k2, pad).unfold(1, width, 1)  # (B, T, U, width)
+    x_band = F.pad(xt, pad).unfold(1, width, 1)  # (B, T, C, width)
+    e = torch.einsum("btuw,u->btw", (q2.unsqueeze(-1) + k_band).sigmoid_(), wa2)
+    column = torch.arange(steps, device=xt.device)[:, None] + torch.arange(first, first + width, device=xt.device)
+    e = e.masked_fill(((column < 0) | (column >= steps)), -math.inf)
+    band_max = e.amax(dim=-1)  # (B, T); the constant ba - sum(Wa) cancels in every difference
+    k_max, k_min = k2.amax(dim=1, keepdim=True), k2.amin(dim=1, keepdim=True)  # (B, 1, U)
+    row_bound = (q2 + k_max).sigmoid() @ wa2.clamp(min=0) + (q2 + k_min).sigmoid() @ wa2.clamp(max=0)
+    excess = torch.zeros_like(band_max)
+    far = row_bound - band_max > BAND_MARGIN
+    if far.any():
+        batch_index, row_index = far.nonzero(as_tuple=True)
+        row_max = ((q2[batch_index, row_index].unsqueeze(1) + k2[batch_index]).sigmoid_() @ wa2).amax(dim=-1)
+        excess[far] = row_max - band_max[far]
+    e = torch.exp(e - band_max.unsqueeze(-1))
+    a = e / (e.sum(dim=-1, keepdim=True) + attention.eps * torch.exp(excess).unsqueeze(-1))
+    return torch.einsum("btw,btcw->btc", a, x_band)
 
 
 def transformer_block(transformer, x: torch.Tensor) -> torch.Tensor:
