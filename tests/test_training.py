@@ -341,6 +341,73 @@ def test_cli_distillation_keeps_test_stations_out(tmp_path, monkeypatch, capsys)
         validation_history(tmp_path / "cx")
 
 
+def test_real_noise_from_training_data_only(tmp_path):
+    """The real-noise pool holds pre-P noise of NCEDC train traces and quiet continuous stretches only;
+    RealNoise adds another station's noise at the stated level and leaves the labels alone."""
+    from seisbench_feq.data import ArrayWaveformSource, is_validation_station
+    from seisbench_feq.training import RealNoise, build_distillation_sources, real_noise_pool
+
+    cx, ncedc, subset = small_distillation_data(tmp_path, 24)
+    source, _, val_source, info = build_distillation_sources("random-eqtransformer", None, str(ncedc), tmp_path / "c")
+    pool = real_noise_pool(source)
+    train_stations = set(info["ncedc_train_stations"])
+    assert len(pool) == len(source) and {station for station, _ in pool} == train_stations
+    assert not any(is_validation_station(station, 0) for station, _ in pool)
+    for (station, piece), item in zip(pool, source.metadata.itertuples()):
+        assert station == item.station and piece.shape == (3, int(item.trace_p_arrival_sample) - 100)
+        np.testing.assert_array_equal(piece, source.arrays[item.array][:3, : piece.shape[1]])
+
+    # continuous items: only half-window stretches where every teacher row stays quiet
+    quiet, loud = np.zeros((6, 24000), np.float32), np.zeros((6, 24000), np.float32)
+    quiet[:3] = loud[:3] = np.random.default_rng(0).normal(size=(3, 24000))
+    loud[4, 13000] = 0.9  # a teacher P label in the second stretch
+    items = pd.DataFrame(
+        [{"array": a, "station": f"XX.S{a}", "start": s, "stop": s + 12000, "kind": "cx_random"}
+         for a in (0, 1) for s in (0, 3000, 6000, 9000, 12000)]
+    )  # fmt: skip
+    pieces = real_noise_pool(ArrayWaveformSource([quiet, loud], items))
+    assert [p.shape for _, p in pieces] == [(3, 3000)] * 9 and sum(s == "XX.S1" for s, _ in pieces) == 4
+
+    x, meta = val_source.get_sample(0)
+    x = x[:3] - x[:3].mean(axis=-1, keepdims=True)
+    np.random.seed(1)
+    for _ in range(20):
+        state = {"X": (x.copy(), meta), "y": (np.ones((3, x.shape[1])), None)}
+        RealNoise(pool)(state)
+        added = state["X"][0] - x
+        ratio = np.sqrt(np.mean(added**2)) / np.abs(x).max()
+        assert 10**-2.5 * 0.999 <= ratio <= 10**-1 * 1.001 and state["X"][0].shape == x.shape
+        assert (state["y"][0] == 1).all()
+    with pytest.raises(ValueError, match="non-empty"):
+        RealNoise([])
+
+
+def test_ema_weights_are_validated_checkpointed_and_exported(tmp_path):
+    """--ema-decay: checkpoints and exported weights hold the moving average, not the last raw weights."""
+    from seisbench_feq import LEQNet
+    from seisbench_feq.cli import main
+
+    cx, ncedc, _ = small_distillation_data(tmp_path, 24)
+    argv = [
+        "train", "--model", "leqnet", "--distill", "--teacher", "random-eqtransformer", "--cx-root", str(cx),
+        "--ncedc-root", str(ncedc), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+        "--batch-size", "2", "--steps-per-epoch", "3", "--max-steps", "3", "--lr", "0.01", "--ema-decay", "0.5",
+        "--save-weights", str(tmp_path / "w"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    (best,) = (tmp_path / "run" / "checkpoints").glob("best-*.ckpt")
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    key = "model.decoders.1.head.weight"
+    assert not torch.equal(averaged[key], raw[key])
+    exported = LEQNet.load(tmp_path / "w" / "default", version_str="1").state_dict()
+    assert torch.equal(exported[key[len("model."):]], averaged[key])
+    info = json.loads((tmp_path / "w" / "default.json.v1").read_text())
+    assert info["training"]["recipe"]["ema_decay"] == 0.5
+    with pytest.raises(ValueError, match="ema_decay"):
+        main(argv[:-2] + ["--ema-decay", "1"])
+
+
 def test_warm_start_copies_matching_tensors(tmp_path):
     """FEQ2 starts from FEQ3 weights: all but the BiLSTM -> BiGRU stack are copied."""
     from seisbench_feq import FEQ2, FEQ3

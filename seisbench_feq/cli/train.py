@@ -140,6 +140,11 @@ def add_parser(subparsers) -> None:
         help="share of training windows with added Gaussian noise (it can bury small labelled events)",
     )  # fmt: skip
     dist.add_argument(
+        "--real-noise-rate", type=float, default=D["real_noise_rate"],
+        help="share of training windows with a real noise recording of another station added (pre-P noise"
+        " of the NCEDC train traces, quiet stretches of the continuous training data; peak-to-noise 10-300)",
+    )  # fmt: skip
+    dist.add_argument(
         "--source-shares", type=_shares, default=D["source_shares"],
         help="share of training windows drawn from each kind of item: cx_event (around teacher picks),"
         " cx_random (anywhere in the continuous data), ncedc (analyst-picked traces)",
@@ -172,6 +177,11 @@ def add_parser(subparsers) -> None:
     run.add_argument(
         "--plateau-patience", type=int, default=D["plateau_patience"],
         help="halve the lr after N epochs without val progress; 0: off",
+    )  # fmt: skip
+    run.add_argument(
+        "--ema-decay", type=float, default=D["ema_decay"],
+        help="validate, checkpoint and export an exponential moving average of the weights with this decay"
+        " per step (e.g. 0.999); 0: the raw weights",
     )  # fmt: skip
     run.add_argument("--threads", type=int, default=D["threads"], help="torch threads")
     run.add_argument("--num-workers", type=int, default=D["num_workers"], help="DataLoader worker processes")

@@ -32,12 +32,14 @@ from .augmentations import (
     AnalystTargets,
     CombineTargets,
     PolarityFlip,
+    RealNoise,
     RotateHorizontals,
     SecondEvent,
     SplitTeacher,
     TimeStretch,
     augmentation_pipeline,
     phase_columns,
+    real_noise_pool,
 )
 from .datasets import ensure_stead, load_waveform_dataset, supervised_splits
 from .distillation import (

@@ -2,7 +2,7 @@
 
 Gaussian pick labels (sigma 10 samples), a detection box from P to S + 0.4 (S - P), teacher rows
 carried through the window steps, and the augmentations: random window shift, second event,
-Gaussian noise, channel drop, gaps and, optionally, the physically valid ones (time stretch,
+Gaussian or real noise, channel drop, gaps and, optionally, the physically valid ones (time stretch,
 polarity flip, rotation of the horizontals).
 """
 
@@ -138,6 +138,70 @@ class SecondEvent:
         return "SecondEvent(scale=1/U(1,10))"
 
 
+def real_noise_pool(source, min_samples: int = 1000, guard: int = 100, quiet_below: float = 0.05) -> list:
+    """Real noise of the training data, as ``(station, (3, n) array)`` pieces for :class:`RealNoise`.
+
+    The pre-P part of the analyst-picked traces (up to ``guard`` samples before P) and, of the
+    continuous data, the half-window stretches where the teacher's stacked rows (after
+    the three components) stay below ``quiet_below``. Only rows of ``source`` (an
+    ``ArrayWaveformSource`` of training items) are read, so validation and test data never enter.
+    """
+    pieces, seen = [], set()
+    for item in source.metadata.to_dict("records"):
+        array = source.arrays[int(item["array"])]
+        p = item.get("trace_p_arrival_sample")
+        if item.get("analyst_labels") and p is not None and np.isfinite(p):
+            if item["array"] not in seen and int(p) - guard >= min_samples:
+                pieces.append((item["station"], array[:3, : int(p) - guard]))
+            seen.add(item["array"])
+        elif item.get("kind") == "cx_random" and array.shape[0] > 3:
+            start, stop = int(item["start"]), int(item["stop"])
+            step = (stop - start) // 4  # 2-window items start every half window: each piece once
+            teacher = array[3:, start : start + step]
+            if step >= min_samples and np.nanmax(teacher) < quiet_below:
+                pieces.append((item["station"], array[:3, start : start + step]))
+    return pieces
+
+
+class RealNoise:
+    """Add a real noise recording of another station at a random level; the labels stay.
+
+    ``pool`` holds ``(station, (3, n) array)`` pieces (:func:`real_noise_pool`). A piece is
+    mirrored to the window's length when shorter, cut at a random start, demeaned and scaled so
+    that its RMS is ``max|x| * 10**U(low, high)`` of the window (defaults: peak-to-noise ratios of
+    10 to 300), so the events stay visible and their labels stay true. Unlike Gaussian noise it
+    has a real spectrum: microseism, cultural noise, spikes.
+    """
+
+    def __init__(self, pool: list, low: float = -2.5, high: float = -1.0, key: str = "X"):
+        if not pool:
+            raise ValueError("RealNoise needs a non-empty noise pool")
+        self.pool, self.low, self.high, self.key = pool, low, high, key
+
+    def __call__(self, state_dict):
+        x, metadata = state_dict[self.key]
+        station = metadata.get("station")
+        for _ in range(10):  # prefer another station's noise
+            other, noise = self.pool[np.random.randint(len(self.pool))]
+            if other != station:
+                break
+        width = x.shape[-1]
+        while noise.shape[-1] < width + 1:
+            noise = np.concatenate([noise, noise[:, ::-1]], axis=-1)
+        start = np.random.randint(noise.shape[-1] - width)
+        noise = noise[: x.shape[0], start : start + width].astype(np.float64)
+        noise = noise - noise.mean(axis=-1, keepdims=True)
+        rms = np.sqrt(np.mean(noise**2))
+        peak = np.max(np.abs(x))
+        if rms > 0 and np.isfinite(peak) and peak > 0:
+            level = peak * 10 ** np.random.uniform(self.low, self.high)
+            x = (x + noise * (level / rms)).astype(x.dtype)
+        state_dict[self.key] = (x, metadata)
+
+    def __str__(self):
+        return f"RealNoise({len(self.pool)} pieces, RMS max|x| x 10**U({self.low}, {self.high}))"
+
+
 class TimeStretch:
     """Resample the waveform (and any stacked teacher rows) in time by a factor U(low, high).
 
@@ -205,6 +269,8 @@ def augmentation_pipeline(
     physical_augmentations: bool = False,
     noise_rate: float = 0.3,
     pick_sigma: int = PICK_SIGMA,
+    noise_pool: list | None = None,
+    real_noise_rate: float = 0.0,
 ) -> list:
     """The EqT/LEQNet recipe as ``seisbench.generate`` steps; output keys ``X`` (3, W) and ``y`` (3, W).
 
@@ -212,7 +278,8 @@ def augmentation_pipeline(
     step. ``y`` rows are detection, P, S in [0, 1], NaN where unknown. ``noise_rate``: the share
     of training windows that get Gaussian noise (std up to 0.15 of the window's maximum): it can
     bury the small events of a window whose labels stay. ``pick_sigma``: width of the Gaussian
-    analyst pick labels, in samples.
+    analyst pick labels, in samples. ``real_noise_rate``: the share of training windows that get
+    a real noise recording of another station from ``noise_pool`` (:class:`RealNoise`).
     """
     import seisbench.generate as sbg
 
@@ -258,6 +325,15 @@ def augmentation_pipeline(
         steps += [
             sbg.OneOf([SecondEvent(), sbg.NullAugmentation()], probabilities=[0.3, 0.7]),
             sbg.OneOf([sbg.GaussianNoise(), sbg.NullAugmentation()], probabilities=[noise_rate, 1 - noise_rate]),
+        ]
+        if real_noise_rate > 0:
+            steps.append(
+                sbg.OneOf(
+                    [RealNoise(noise_pool or []), sbg.NullAugmentation()],
+                    probabilities=[real_noise_rate, 1 - real_noise_rate],
+                )
+            )
+        steps += [
             sbg.OneOf([sbg.ChannelDropout(), sbg.NullAugmentation()], probabilities=[0.4, 0.6]),
             sbg.OneOf([sbg.AddGap(), sbg.NullAugmentation()], probabilities=[0.2, 0.8]),
         ]

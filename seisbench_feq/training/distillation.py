@@ -415,6 +415,12 @@ def build_distillation_sources(
         if grid_rule != "average":
             info["teacher_grid_rule"] = grid_rule
 
+    if not train_items or not val_items:
+        raise ValueError(
+            f"distillation data too small: {len(train_items)} training and {len(val_items)} validation items"
+            f" (cx_root={cx_root!r}, ncedc_root={ncedc_root!r}); validation needs NCEDC validation stations or"
+            " continuous segments with a tail of at least one window"
+        )
     train = pd.DataFrame(train_items)
     val = pd.DataFrame(val_items)
     if len(val) > max_val_windows:  # a fixed, evenly spread subset keeps validation cheap

@@ -124,6 +124,18 @@ def init_history(prefix: str) -> list[dict]:
     return [{"note": f"no json beside {prefix}; its training is not recorded"}]
 
 
+def _ema_callback(decay: float):
+    """Lightning's weight averaging as an exponential moving average of the weights (and buffers).
+
+    Validation, the checkpoints and the exported weights then hold the average: on the short,
+    noisy fine-tuning runs here the raw weights swing from epoch to epoch.
+    """
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    return WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
 # Every option of train() with its default; the CLI's flags are these names with dashes.
 TRAIN_DEFAULTS: dict = {
     "model": "feq3",
@@ -146,6 +158,7 @@ TRAIN_DEFAULTS: dict = {
     "teacher_min_snr": None,
     "physical_augmentations": False,
     "noise_rate": 0.3,
+    "real_noise_rate": 0.0,
     "source_shares": DISTILL_SHARES,
     "pick_sigma": PICK_SIGMA,
     "out": "local/runs/train",
@@ -161,6 +174,7 @@ TRAIN_DEFAULTS: dict = {
     "patience": 5,
     "select_on": "loss",
     "plateau_patience": 0,
+    "ema_decay": 0.0,
     "threads": 1,
     "num_workers": 0,
     "seed": 0,
@@ -192,7 +206,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
 
     from ..baselines import BASELINES, is_detector
     from ..models import MODELS
-    from .augmentations import augmentation_pipeline, phase_columns
+    from .augmentations import augmentation_pipeline, phase_columns, real_noise_pool
     from .datasets import load_waveform_dataset, supervised_splits
     from .distillation import build_distillation_sources
     from .module import LOSS_WEIGHTS, _lightning_module_class, _pick_f1_callback_class
@@ -234,6 +248,12 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
         raise ValueError(f"pick_sigma={args.pick_sigma!r}: expected at least 1 sample")
     if not 0 <= args.noise_rate <= 1:
         raise ValueError(f"noise_rate={args.noise_rate!r}: expected a share between 0 and 1")
+    if not 0 <= args.ema_decay < 1:
+        raise ValueError(f"ema_decay={args.ema_decay!r}: expected 0 (off) or a decay in (0, 1)")
+    if not 0 <= args.real_noise_rate <= 1:
+        raise ValueError(f"real_noise_rate={args.real_noise_rate!r}: expected a share between 0 and 1")
+    if args.real_noise_rate and not args.distill:
+        raise ValueError("real_noise_rate: the real noise pool is drawn from the distillation data; give distill")
     unknown = set(args.source_shares) - set(DISTILL_SHARES)
     if unknown or not all(v >= 0 for v in args.source_shares.values()) or not sum(args.source_shares.values()) > 0:
         raise ValueError(f"source_shares={args.source_shares!r}: expected non-negative shares of {sorted(DISTILL_SHARES)}")
@@ -257,12 +277,16 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
             teacher_min_snr=args.teacher_min_snr,
         )
         phase_dict = {"trace_p_arrival_sample": "P", "trace_s_arrival_sample": "S"}
+        noise_pool = real_noise_pool(train_source) if args.real_noise_rate else None
+        if noise_pool is not None:
+            data_info["real_noise_pieces"] = len(noise_pool)
         train_gen = sbg.GenericGenerator(train_source)
         train_gen.add_augmentations(
             augmentation_pipeline(
                 args.in_samples, phase_dict, train=True, teacher_rows=True, window_around_picks=False,
                 analyst_weight=args.analyst_weight, physical_augmentations=args.physical_augmentations,
                 noise_rate=args.noise_rate, pick_sigma=args.pick_sigma,
+                noise_pool=noise_pool, real_noise_rate=args.real_noise_rate,
             )
         )
         if data_info.get("ncedc_val_files") and not detector:  # the pick-F1 callback needs picks
@@ -325,6 +349,10 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
         callbacks.append(
             _pick_f1_callback_class()(*val_windows, batch_size=args.batch_size, continuous=tail_validation)
         )
+    if args.ema_decay:
+        # After the scoring callback: Lightning calls callbacks in order, and the average must still be
+        # swapped in when ValidationPickF1 scores at the end of the validation epoch.
+        callbacks.append(_ema_callback(args.ema_decay))
     monitor = "val_loss"
     if val_windows is not None and args.select_on in ("f1", "score"):
         monitor = "val_score" if tail_validation is not None else "val_f1"
@@ -406,6 +434,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     "optimizer": f"Adam lr={args.lr}"
                     + (f", halved after {args.plateau_patience} epochs without progress" if args.plateau_patience else ""),
                     "pos_weight": args.pos_weight,
+                    **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
                     "batch_size": args.batch_size,
                     "train_window_samples": args.in_samples,
                     "analyst_weight": args.analyst_weight if args.distill else 1.0,
@@ -417,6 +446,7 @@ def train(namespace=None, /, *, command: str | None = None, **options) -> dict:
                     **({"reference_teacher": args.reference_teacher} if args.reference_teacher else {}),
                     "physical_augmentations": bool(args.physical_augmentations),
                     "noise_rate": args.noise_rate,
+                    **({"real_noise_rate": args.real_noise_rate} if args.real_noise_rate else {}),
                     **({"source_shares": args.source_shares} if args.distill else {}),
                 },
                 **summary,
