@@ -146,14 +146,13 @@ def real_noise_pool(source, min_samples: int = 1000, guard: int = 100, quiet_bel
     the three components) stay below ``quiet_below``. Only rows of ``source`` (an
     ``ArrayWaveformSource`` of training items) are read, so validation and test data never enter.
     """
-    pieces, seen = [], set()
+    pieces = []
     for item in source.metadata.to_dict("records"):
         array = source.arrays[int(item["array"])]
         p = item.get("trace_p_arrival_sample")
-        if item.get("analyst_labels") and p is not None and np.isfinite(p):
-            if item["array"] not in seen and int(p) - guard >= min_samples:
+        if item.get("analyst_labels") and p is not None and np.isfinite(p):  # one training item per trace
+            if int(p) - guard >= min_samples:
                 pieces.append((item["station"], array[:3, : int(p) - guard]))
-            seen.add(item["array"])
         elif item.get("kind") == "cx_random" and array.shape[0] > 3:
             start, stop = int(item["start"]), int(item["stop"])
             step = (stop - start) // 4  # 2-window items start every half window: each piece once
@@ -186,8 +185,8 @@ class RealNoise:
             if other != station:
                 break
         width = x.shape[-1]
-        while noise.shape[-1] < width + 1:
-            noise = np.concatenate([noise, noise[:, ::-1]], axis=-1)
+        if noise.shape[-1] <= width:  # mirrored as often as needed
+            noise = np.pad(noise, ((0, 0), (0, width + 1 - noise.shape[-1])), mode="symmetric")
         start = np.random.randint(noise.shape[-1] - width)
         noise = noise[: x.shape[0], start : start + width].astype(np.float64)
         noise = noise - noise.mean(axis=-1, keepdims=True)
