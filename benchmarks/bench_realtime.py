@@ -46,6 +46,13 @@ flush emits):
     python benchmarks/bench_realtime.py --latency --threads 1 --stations 50 --minutes 5 --speed 1 \
         --stride 5 --early-picks --compare-default
 
+With copies, 50 stations hold only the picks of the two real stations, 25 times over, so a few weak
+picks decide the p95. ``--distinct`` gives each station pair its own stretch of the 12 h SDS day
+(shifted onto the replay clock), so that the picks are different events:
+
+    python benchmarks/bench_realtime.py --latency --threads 1 --stations 50 --minutes 10 --speed 1 \
+        --stride 5 --early-picks --early-blinding 2 --distinct
+
 The machine is shared with other users: model times include their load (the load average is printed).
 """
 
@@ -71,23 +78,34 @@ SHARED = Path(os.environ.get("SEISBENCH_FEQ_SHARED", ROOT.parent / "shared"))
 SDS = SHARED / "data" / "cx_continuous" / "sds"
 EQT_H5 = SHARED / "weights" / "eqtransformer_original" / "EqT_original_model.h5"
 T0 = obspy.UTCDateTime(2014, 5, 1, 1, 30)  # many aftershocks
+DAY_START = obspy.UTCDateTime(2014, 5, 1)  # the SDS day holds 12 h from here
 
 
 def original_station(i: int) -> str:
     return "PB01" if i % 2 == 0 else "PB02"
 
 
-def replicated_archive(folder: Path, stations: int, minutes: float) -> Path:
-    """MiniSEED files with ``stations`` copies of PB01/PB02 (codes V000, V001, ...)."""
+def replicated_archive(folder: Path, stations: int, minutes: float, distinct: bool = False) -> Path:
+    """MiniSEED files with ``stations`` copies of PB01/PB02 (codes V000, V001, ...), all from ``T0``.
+
+    ``distinct``: station pair k (V{2k}, V{2k+1}) replays instead the k-th ``minutes`` stretch of the
+    SDS day from its start, shifted onto the ``T0`` clock, so that the stations see different
+    events: with copies, 50 stations hold only the few picks of the two real ones, and one weak
+    pick decides a p95.
+    """
     from obspy.clients.filesystem.sds import Client
 
     client = Client(str(SDS))
-    source = {sta: client.get_waveforms("CX", sta, "", "HH?", T0, T0 + minutes * 60) for sta in ("PB01", "PB02")}
+    span = minutes * 60
+    if distinct and (stations + 1) // 2 * span > 12 * 3600:
+        raise ValueError(f"--distinct: {stations} stations x {minutes:g} min do not fit in the 12 h SDS day")
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(stations):
-        stream = source[original_station(i)].copy()
+        start = DAY_START + (i // 2) * span if distinct else T0
+        stream = client.get_waveforms("CX", original_station(i), "", "HH?", start, start + span)
         for trace in stream:
             trace.stats.station = f"V{i:03d}"
+            trace.stats.starttime = T0 + (trace.stats.starttime - start)
         stream.write(str(folder / f"V{i:03d}.mseed"), format="MSEED", reclen=512)
     return folder
 
@@ -265,13 +283,14 @@ def latency(args) -> int:
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        archive = replicated_archive(Path(tmp), args.stations, args.minutes)
+        archive = replicated_archive(Path(tmp), args.stations, args.minutes, distinct=args.distinct)
         for label, stride, early in modes:
             started = time.perf_counter()
             picks, picker = latency_run(args, model, archive, stride, early)
             rows.append((label, picks, picker, time.perf_counter() - started))
     print(f"FEQ3 (shipped weights), torch threads {args.threads}, {os.cpu_count()} CPUs, {args.stations} stations x"
-          f" {args.minutes:g} min of CX data at speed {args.speed:g}, batch_wait {args.batch_wait:g} s;"
+          f" {args.minutes:g} min of CX data ({'distinct stretches' if args.distinct else 'copies of PB01/PB02'})"
+          f" at speed {args.speed:g}, batch_wait {args.batch_wait:g} s;"
           f" load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n")
     print("| mode | picks (early) | latency median | latency p95 | waiting for data median | queue p95 |"
           " model p95 | model calls | wall |")
@@ -308,6 +327,8 @@ def main() -> int:
                         help="--latency: then the default mode (final picks only) on the same replay")
     parser.add_argument("--early-blinding", type=float, default=None,
                         help="--latency: seconds of window end blinding for early picks (default: the model's)")
+    parser.add_argument("--distinct", action="store_true",
+                        help="--latency: each station pair replays another stretch of the SDS day (not copies)")
     parser.add_argument("--batch-wait", type=float, default=1.0, help="--latency: RealtimePicker batch_wait")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
