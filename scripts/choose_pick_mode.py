@@ -13,11 +13,17 @@
   harmonic mean (an F1 against the reference), through ``classify`` with the model's defaults.
 
 The rule with the higher mean of the NCEDC mean F1 and the continuous mean F1 is the choice.
+``--thresholds 0.3,0.35,0.4`` scores each rule at each P = S threshold too (the model's weights
+set them in ``default_args``; without the flag, the weights' own), and the best pair is printed:
+
+    python scripts/choose_pick_mode.py feq3 leqnet --continuous ../shared/data/cx_continuous/sds \
+        --thresholds 0.3,0.35,0.4
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -35,6 +41,8 @@ def main() -> None:
     parser.add_argument("--continuous", help="continuous training data (its validation part is used)")
     parser.add_argument("--teacher", default="../shared/weights/eqtransformer_original/EqT_original_model.h5")
     parser.add_argument("--cache-dir", default="local/teacher_cache", help="where the reference picks are kept")
+    parser.add_argument("--thresholds", type=lambda text: [float(v) for v in text.split(",")], default=[None],
+                        help="comma-separated P = S thresholds to score (default: the weights' own)")
     args = parser.parse_args()
     tail = continuous_validation(args.continuous, args.teacher, cache_dir=args.cache_dir) if args.continuous else None
     rows = []
@@ -42,23 +50,27 @@ def main() -> None:
         model = load_model(spec)
         files = _validation_files(spec, args.ncedc)
         waveforms, metadata = validation_pick_windows(args.ncedc, files)
-        for mode in ("peak", "eqt"):
-            table = evaluate_models({spec: model}, waveforms, metadata, costs=False, progress=False, pick_mode=mode)
+        for mode, threshold in itertools.product(("peak", "eqt"), args.thresholds):
+            given = {} if threshold is None else {"P": threshold, "S": threshold}
+            table = evaluate_models({spec: model}, waveforms, metadata, costs=False, progress=False, pick_mode=mode,
+                                    thresholds=given)
             row = table.iloc[0]
-            result = {"model": spec, "pick_mode": mode, "windows": len(metadata),
+            result = {"model": spec, "pick_mode": mode, "threshold": row["threshold_P"], "windows": len(metadata),
                       "P_f1": round(row["P_f1"], 3), "S_f1": round(row["S_f1"], 3),
                       "mean_f1": round((row["P_f1"] + row["S_f1"]) / 2, 3),
                       "P_mae_s": round(row["P_mae_s"], 3), "S_mae_s": round(row["S_mae_s"], 3),
                       "P_res_mean_s": round(row["P_res_mean_s"], 3)}
             if tail is not None:
-                result.update(tail.score(model, spec, pick_mode=mode))
+                result.update(tail.score(model, spec, pick_mode=mode,
+                                         **{f"{phase}_threshold": value for phase, value in given.items()}))
                 result["score"] = round((result["mean_f1"] + result["continuous_mean_f1"]) / 2, 3)
             rows.append(result)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     key = "score" if tail is not None else "mean_f1"
     for spec, group in table.groupby("model", sort=False):
-        print(f"{spec}: pick_mode {group.loc[group[key].idxmax(), 'pick_mode']!r}")
+        best = group.loc[group[key].idxmax()]
+        print(f"{spec}: pick_mode {best['pick_mode']!r}, P and S threshold {best['threshold']:g}")
 
 
 def _validation_files(spec: str, ncedc_root: str) -> list[str]:

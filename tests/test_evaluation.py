@@ -238,6 +238,25 @@ def test_evaluate_models_on_real_traces_and_scores_for_json(ncedc):
     assert scores["thresholds"] == {"detection": 0.5, "P": 0.3, "S": 0.3} and scores["tolerance_s"] == 0.5
 
 
+def test_windows_use_each_models_own_thresholds_unless_given(ncedc):
+    """As classify does: a model's weights' default_args set its thresholds; explicit ones win."""
+    from seisbench_feq.evaluation import model_thresholds
+
+    waveforms, metadata = ncedc
+    waveforms, metadata = waveforms[:8], metadata.iloc[:8]
+    strict = FEQ3.from_pretrained("default")
+    strict.default_args = {**strict.default_args, "P_threshold": 0.99, "S_threshold": 0.99}
+    assert model_thresholds(strict) == {"detection": 0.5, "P": 0.99, "S": 0.99}
+    assert model_thresholds(StaLtaPicker()) == {"detection": 0.5, "P": 0.3, "S": 0.3}
+    plain = FEQ3.from_pretrained("default")
+    table = evaluate_models({"plain": plain, "strict": strict}, waveforms, metadata, costs=False, progress=False)
+    assert table.loc["plain", "threshold_P"] == model_thresholds(plain)["P"] and table.loc["strict", "threshold_P"] == 0.99
+    assert table.loc["plain", "P_tp"] > 0 and table.loc["strict", ["P_tp", "P_fp", "S_tp", "S_fp"]].sum() == 0
+    given = evaluate_models({"strict": strict}, waveforms, metadata, costs=False, progress=False,
+                            thresholds={"P": 0.3, "S": 0.3})
+    assert given.loc["strict", "threshold_P"] == 0.3 and given.loc["strict", "P_tp"] > 0
+
+
 def test_bad_input_is_named(ncedc):
     waveforms, metadata = ncedc
     w = waveforms[:3].copy()

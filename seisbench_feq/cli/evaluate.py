@@ -59,9 +59,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N windows (quick runs)")
     parser.add_argument("--out", default="evaluation", help="output folder for evaluation.md, CSVs and PNGs")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE_S, help="pick tolerance in s (default 0.5)")
-    parser.add_argument("--detection-threshold", type=float, default=DEFAULT_THRESHOLDS["detection"])
-    parser.add_argument("--p-threshold", type=float, default=DEFAULT_THRESHOLDS["P"])
-    parser.add_argument("--s-threshold", type=float, default=DEFAULT_THRESHOLDS["S"])
+    for task in DEFAULT_THRESHOLDS:
+        parser.add_argument(f"--{task.lower()}-threshold", type=float, default=None,
+                            help=f"for every model (default: each model's own, else {DEFAULT_THRESHOLDS[task]})")
     parser.add_argument("--reference", default=None, help="model label for the quality bar (default: EqT original)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-costs", action="store_true", help="skip parameter/FLOP counts and timing")
@@ -133,7 +133,8 @@ def _run(parser, args) -> int:
         noise=args.noise,
         limit=args.limit,
         tolerance_s=args.tolerance,
-        thresholds={"detection": args.detection_threshold, "P": args.p_threshold, "S": args.s_threshold},
+        thresholds={task: value for task in ("detection", "P", "S")
+                    if (value := getattr(args, f"{task.lower()}_threshold")) is not None},
         pick_modes=args.pick_mode,
         reference=args.reference,
         batch_size=args.batch_size,

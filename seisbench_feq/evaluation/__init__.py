@@ -27,6 +27,7 @@ from .pickers import (
     ModelPicker,
     StaLtaPicker,
     as_picker,
+    model_thresholds,
     picks_by_mode,
     picks_from_probabilities,
     window_detections,

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .pickers import model_thresholds
+
 logger = logging.getLogger(__name__)
 
 TOLERANCE_S = 0.5
@@ -129,12 +131,6 @@ def classify_picks(model, stream, model_label: str, file: str, **classify_kwargs
     return _picks_frame(picks, model_label, file)
 
 
-def _threshold(model, phase: str) -> float:
-    defaults = {key: value[1] for key, value in getattr(model, "_annotate_args", {}).items() if isinstance(value, tuple)}
-    args = {**defaults, **getattr(model, "default_args", {})}
-    return float(args.get(f"{phase}_threshold", args.get("*_threshold", 0.3)))
-
-
 def averaged_annotations(model, stream, shifts: Sequence[int]):
     """``model.annotate`` of ``stream`` started ``shift`` samples late, for each shift, averaged.
 
@@ -183,7 +179,7 @@ def reference_picks(model, stream, shifts: Sequence[int], label: str, file: str)
     frames = []
     for phase in ("P", "S"):
         selected = annotations.select(channel=f"*_{phase}")
-        picks = WaveformModel.picks_from_annotations(selected, _threshold(model, phase), phase)
+        picks = WaveformModel.picks_from_annotations(selected, model_thresholds(model)[phase], phase)
         frames.append(_picks_frame(picks, label, file))
     return pd.concat(frames, ignore_index=True)
 
@@ -226,7 +222,7 @@ def consensus_picks(
         annotations = model.annotate(part)
         for phase in ("P", "S"):
             selected = annotations.select(channel=f"*_{phase}")
-            for pick in WaveformModel.picks_from_annotations(selected, _threshold(model, phase), phase):
+            for pick in WaveformModel.picks_from_annotations(selected, model_thresholds(model)[phase], phase):
                 per_shift.append((pick.trace_id, phase, float(pick.peak_time - start), float(pick.peak_value), shift))
     rows = []
     frame = pd.DataFrame(per_shift, columns=["tid", "phase", "t", "p", "shift"])

@@ -129,7 +129,8 @@ class ModelPicker:
 
     def __init__(self, model, thresholds: Mapping[str, float] | None = None, batch_size: int = 64, progress=True):
         self.model = model
-        self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+        # the model's own thresholds (its weights' default_args), as classify uses them
+        self.thresholds = {**model_thresholds(model), **(thresholds or {})}
         self.batch_size = batch_size
         self.progress = progress
         self.sampling_rate = float(getattr(model, "sampling_rate", None) or 100.0)
@@ -299,6 +300,16 @@ class StaLtaPicker:
                 self.characteristic, _timing_batch(waveforms, timing_batch), timing_repeats
             ),
         }
+
+
+def model_thresholds(model) -> dict[str, float]:
+    """Detection, P and S thresholds of ``model.classify`` with default settings: the weights'
+    ``default_args``, then the class's annotate defaults (``*_threshold``), then ``DEFAULT_THRESHOLDS``."""
+    defaults = {key: value[1] for key, value in getattr(model, "_annotate_args", {}).items() if isinstance(value, tuple)}
+    args = {**defaults, **(getattr(model, "default_args", None) or {})}
+    return {task: float(args.get(f"{task}_threshold", args.get("*_threshold", default)) if task != "detection"
+                        else args.get("detection_threshold", default))
+            for task, default in DEFAULT_THRESHOLDS.items()}
 
 
 def as_picker(model, thresholds: Mapping[str, float] | None = None, batch_size: int = 64, progress: bool = True):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import cached_picks, store_picks, warn_about_pickles
-from .pickers import PICK_MODES, TIMING_BATCH, ModelPicker, StaLtaPicker, as_picker, picks_by_mode
+from .pickers import PICK_MODES, TIMING_BATCH, ModelPicker, StaLtaPicker, as_picker, model_thresholds, picks_by_mode
 from .scoring import COST_COLUMNS, DEFAULT_THRESHOLDS, PHASES, TOLERANCE_S, _check_inputs, score_picks, score_table
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ def _evaluate(
     ``tables[mode]``: one row per model; ``picks[mode][model]``: per-window picks; ``phases[model]``.
     """
     sampling_rate = _check_inputs(waveforms, metadata)
-    thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown = [m for m in pick_modes if m not in PICK_MODES]
     if unknown or not pick_modes:
         raise ValueError(f"pick modes {list(pick_modes)}: expected some of {PICK_MODES}")
@@ -68,12 +67,15 @@ def _evaluate(
     phases_by_model: dict[str, tuple[str, ...]] = {}
     for name, model in models.items():
         picker = as_picker(model, thresholds, batch_size, progress)
-        found = {mode: cached_picks(cache_dir, name, picker, waveforms, metadata, thresholds, mode) for mode in pick_modes}
+        # each model's own thresholds (what its classify uses), overridden by ``thresholds``
+        used_thresholds = getattr(picker, "thresholds", {**DEFAULT_THRESHOLDS, **(thresholds or {})})
+        found = {mode: cached_picks(cache_dir, name, picker, waveforms, metadata, used_thresholds, mode)
+                 for mode in pick_modes}
         missing = [mode for mode, value in found.items() if value is None]
         if missing:
             logger.info("evaluating %s on %d windows (pick modes %s)", name, len(waveforms), ", ".join(missing))
             for mode, value in picks_by_mode(picker, waveforms, missing).items():
-                store_picks(cache_dir, name, picker, waveforms, metadata, thresholds, mode, value)
+                store_picks(cache_dir, name, picker, waveforms, metadata, used_thresholds, mode, value)
                 found[mode] = value
         phases = tuple(getattr(picker, "phases", PHASES))
         cost = picker.costs(waveforms, timing_repeats, timing_batch) if costs else {}
@@ -82,7 +84,7 @@ def _evaluate(
             row = score_picks(found[mode], metadata, tolerance_s, sampling_rate, phases)
             row["pick_mode"] = mode
             row["tolerance_s"] = tolerance_s
-            row.update({f"threshold_{k}": (v if uses_thresholds else math.nan) for k, v in thresholds.items()})
+            row.update({f"threshold_{k}": (v if uses_thresholds else math.nan) for k, v in used_thresholds.items()})
             row.update(cost)
             # the design's published figure (the authors' own data, not comparable with these windows)
             row["published"] = str(getattr(model, "published", "") or "")
@@ -95,6 +97,19 @@ def _evaluate(
         table.index.name = "model"
         tables[mode] = table
     return tables, picks, phases_by_model
+
+
+def _thresholds_note(models: Mapping[str, Any], overrides: Mapping[str, float] | None) -> str:
+    """The thresholds of the report's rules: each model's own, unless overridden for all."""
+    own = {name: model_thresholds(m) for name, m in models.items() if hasattr(m, "annotate_batch_pre")}
+    differ = {name: t for name, t in own.items() if t != DEFAULT_THRESHOLDS}
+    base = ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLDS.items())
+    note = f"{base}, or a model's own (its weights' `default_args`, as its `classify` uses them)"
+    if differ:
+        note += "; " + "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in t.items()) for name, t in differ.items())
+    if overrides:
+        note = "for every model " + ", ".join(f"{k} {v}" for k, v in overrides.items()) + f" (given); otherwise {note}"
+    return note
 
 
 def evaluate_models(
@@ -269,7 +284,6 @@ def run_evaluation(
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     loaded, specs = load_models(models, device)
-    thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     machine = machine_description()  # before the run: the load average the timings were taken under
     stalta = StaLtaPicker()
     lines = [
@@ -289,7 +303,7 @@ def run_evaluation(
             "",
             RULES_MARKDOWN.format(
                 windows=window_note(offset_seed),
-                thresholds=", ".join(f"{k} {v}" for k, v in thresholds.items()),
+                thresholds=_thresholds_note(loaded, thresholds),
                 tol=tolerance_s,
                 stalta_band=f"{stalta.freqmin:g}-{stalta.freqmax:g}",
                 sta=stalta.sta_s,
