@@ -307,8 +307,9 @@ def model_thresholds(model) -> dict[str, float]:
     ``default_args``, then the class's annotate defaults (``*_threshold``), then ``DEFAULT_THRESHOLDS``."""
     defaults = {key: value[1] for key, value in getattr(model, "_annotate_args", {}).items() if isinstance(value, tuple)}
     args = {**defaults, **(getattr(model, "default_args", None) or {})}
-    return {task: float(args.get(f"{task}_threshold", args.get("*_threshold", default)) if task != "detection"
-                        else args.get("detection_threshold", default))
+    phase_default = args.get("*_threshold")  # SeisBench's shared default of the phase thresholds only
+    return {task: float(args.get(f"{task}_threshold", default if task == "detection" or phase_default is None
+                                 else phase_default))
             for task, default in DEFAULT_THRESHOLDS.items()}
 
 
