@@ -100,9 +100,13 @@ def replicated_archive(folder: Path, stations: int, minutes: float, distinct: bo
     if distinct and (stations + 1) // 2 * span > 12 * 3600:
         raise ValueError(f"--distinct: {stations} stations x {minutes:g} min do not fit in the 12 h SDS day")
     folder.mkdir(parents=True, exist_ok=True)
+    sources = {}  # each (station, start) read once: with copies, two reads for all stations
     for i in range(stations):
         start = DAY_START + (i // 2) * span if distinct else T0
-        stream = client.get_waveforms("CX", original_station(i), "", "HH?", start, start + span)
+        key = (original_station(i), start.ns)
+        if key not in sources:
+            sources[key] = client.get_waveforms("CX", key[0], "", "HH?", start, start + span)
+        stream = sources[key].copy()
         for trace in stream:
             trace.stats.station = f"V{i:03d}"
             trace.stats.starttime = T0 + (trace.stats.starttime - start)
